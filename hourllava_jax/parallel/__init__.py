@@ -1,0 +1,1 @@
+"""Device meshes, the logical-axis vocabulary and sharding helpers."""
