@@ -1,7 +1,9 @@
 """The single attention entry point used by SigLIP, Qwen2 and both MemAug attentions.
 
 Layout: q float[B, Lq, H, D]; k, v float[B, Lk, K, D]; H % K == 0 (grouped-query heads, K/V are
-never repeated in memory). ``impl`` picks the implementation; ``auto`` chooses per backend.
+never repeated in memory). ``impl`` picks the implementation; ``auto`` chooses per backend
+(TPU -> pallas_tpu, GPU -> pallas_gpu, CPU -> chunked). A ``mesh`` with a ``memory`` axis of size
+> 1 shards the keys/values over that axis (memory_parallel.py). See docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 
-from hourllava_jax.kernels.masks import MaskSpec
+from hourllava_jax.kernels.blocks import BlockSizeError, BlockSizes, resolve
+from hourllava_jax.kernels.chunked import chunked_attention
+from hourllava_jax.kernels.masks import MaskSpec, normalize_mask
 from hourllava_jax.kernels.reference import attention_reference
 
 Impl = Literal["auto", "reference", "chunked", "pallas_tpu", "pallas_gpu"]
+IMPLS = ("auto", "reference", "chunked", "pallas_tpu", "pallas_gpu")
 
 
 class AttentionInputError(ValueError):
@@ -31,6 +37,37 @@ def _check(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
         raise AttentionInputError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} kv heads")
     if not (q.dtype == k.dtype == v.dtype):
         raise AttentionInputError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not jnp.issubdtype(q.dtype, jnp.floating):
+        raise AttentionInputError(f"attention needs floating-point inputs, got {q.dtype}")
+
+
+def _check_mask(mask: MaskSpec, b: int, lq: int, lk: int) -> None:
+    def shape_ok(x, want):
+        return x is None or (tuple(jnp.shape(x)) == want or tuple(jnp.shape(x)) == (1,) + want[1:])
+
+    if not shape_ok(mask.kv_mask, (b, lk)):
+        raise AttentionInputError(f"kv_mask must be bool[{b}, {lk}], got shape {jnp.shape(mask.kv_mask)}")
+    if mask.kv_mask is not None and jnp.asarray(mask.kv_mask).dtype != jnp.bool_:
+        raise AttentionInputError(f"kv_mask must be bool, got {jnp.asarray(mask.kv_mask).dtype}")
+    if (mask.q_segment_ids is None) != (mask.kv_segment_ids is None):
+        raise AttentionInputError("q_segment_ids and kv_segment_ids must be given together")
+    if not shape_ok(mask.q_segment_ids, (b, lq)) or not shape_ok(mask.kv_segment_ids, (b, lk)):
+        raise AttentionInputError(
+            f"segment ids must be int[{b}, {lq}] / int[{b}, {lk}], got {jnp.shape(mask.q_segment_ids)} / {jnp.shape(mask.kv_segment_ids)}"
+        )
+    off = jnp.shape(mask.q_offset)
+    if off not in ((), (1,), (b,)):
+        raise AttentionInputError(f"q_offset must be an int or int[{b}], got shape {off}")
+
+
+def default_impl(backend: str | None = None) -> str:
+    """What ``auto`` resolves to: our Pallas kernel on TPU/GPU, the chunked XLA path on CPU."""
+    backend = backend or jax.default_backend()
+    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu"}.get(backend, "chunked")
+
+
+def _memory_axis_size(mesh, axis: str) -> int:
+    return 0 if mesh is None or axis not in mesh.axis_names else mesh.shape[axis]
 
 
 def attention(
@@ -45,19 +82,76 @@ def attention(
     kv_segment_ids: jax.Array | None = None,
     scale: float | None = None,
     impl: Impl = "auto",
+    block_sizes: BlockSizes | None = None,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
+    memory_axis: str = "memory",
+    interpret: bool | None = None,
 ) -> jax.Array:
     """Multi-head (grouped-query) attention; returns float[B, Lq, H, D] in q's dtype.
 
     causal: key j visible to query i iff j <= i + q_offset (q_offset: int or int32[B]).
-    kv_mask: bool[B, Lk], False marks padding keys. Segment ids restrict attention to equal ids.
-    Query rows that see no key return 0.
+    kv_mask: bool[B, Lk], False marks padding keys. Segment ids restrict attention to equal ids
+    (the id -2**31 is reserved for padding). Query rows that see no key return 0 (zero grads).
+    block_sizes: tiles for chunked/pallas (None: per-backend defaults, blocks.DEFAULTS).
+    mesh: if it has a ``memory_axis`` of size > 1, k/v are split along Lk over that axis and the
+      per-shard results are combined exactly (log-sum-exp) -- the memory-parallel path.
+    interpret: run Pallas kernels in interpret mode (None: when the backend is not the kernel's).
     """
     _check(q, k, v)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if impl not in IMPLS:
+        raise AttentionInputError(f"attention impl {impl!r} is unknown; choose one of {IMPLS}")
+    b, lq, _, d = q.shape
+    lk = k.shape[1]
+    scale = d**-0.5 if scale is None else float(scale)
     mask = MaskSpec(causal=causal, q_offset=q_offset, kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
-    if impl in ("auto", "reference"):
+    _check_mask(mask, b, lq, lk)
+    impl = default_impl() if impl == "auto" else impl
+
+    if _memory_axis_size(mesh, memory_axis) > 1:
+        from hourllava_jax.kernels.memory_parallel import memory_parallel_attention
+
+        return memory_parallel_attention(
+            q, k, v, mesh=mesh, axis=memory_axis, causal=causal, q_offset=q_offset, kv_mask=kv_mask,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, impl=impl,
+            block_sizes=block_sizes, interpret=interpret,
+        )  # fmt: skip
+    if impl == "reference":
         return attention_reference(q, k, v, mask, scale)
-    raise AttentionInputError(f"attention impl {impl!r} is not available yet")
+    attn, opts = build(impl, lq, lk, causal=causal, scale=scale, block_sizes=block_sizes, interpret=interpret)
+    q_off, q_ids, kv_ids = normalize_mask(mask, b, lq, lk)
+    return attn(q, k, v, q_off, q_ids, kv_ids, opts)
 
 
-__all__ = ["AttentionInputError", "Impl", "MaskSpec", "attention", "attention_reference"]
+def build(impl: str, lq: int, lk: int, *, causal: bool, scale: float, block_sizes: BlockSizes | None, interpret: bool | None):
+    """(differentiable attn, its static opts) for a non-reference impl at these lengths."""
+    try:
+        block_q, block_k, blocks = resolve(impl, block_sizes, lq, lk)
+    except BlockSizeError as e:
+        raise AttentionInputError(str(e)) from e
+    opts = {"scale": scale, "causal": causal, "block_q": block_q, "block_k": block_k}
+    if impl == "chunked":
+        return chunked_attention, tuple(sorted(opts.items()))
+    if impl == "pallas_tpu":
+        from hourllava_jax.kernels.pallas_tpu import pallas_tpu_attention as attn
+
+        interpret = jax.default_backend() != "tpu" if interpret is None else interpret
+    else:
+        from hourllava_jax.kernels.pallas_gpu import pallas_gpu_attention as attn
+
+        interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+        opts.update(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    opts["interpret"] = bool(interpret)
+    return attn, tuple(sorted(opts.items()))
+
+
+__all__ = [
+    "AttentionInputError",
+    "BlockSizeError",
+    "BlockSizes",
+    "Impl",
+    "MaskSpec",
+    "attention",
+    "attention_reference",
+    "build",
+    "default_impl",
+]

@@ -1,0 +1,144 @@
+"""Qwen2 forward and forward+backward on CPU: hourllava_jax vs transformers PyTorch, same weights.
+
+A ~100M-parameter Qwen2-shaped config (tied 32k vocabulary, GQA 12/2), fp32, one run measuring
+both frameworks and the matmul peak, so the efficiency numbers share one machine state.
+FLOPs: 2·N·T forward and 6·N·T forward+backward, N = matmul parameters (every Linear plus the
+tied lm_head; the embedding lookup is not a matmul), plus causal attention 2·2·B·layers·heads·D·L(L+1)/2
+forward (x3 with backward). Writes benchmarks/results/llm_step.json.
+
+    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak import best_time, measure_matmul_peak  # noqa: E402
+
+from hourllava_jax.config.model import LLMConfig, llm_to_hf_config  # noqa: E402
+from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
+from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
+from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402
+
+CFG = LLMConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0, bos_token_id=None)  # fmt: skip
+
+
+def flops(cfg: LLMConfig, n_matmul: int, b: int, l: int) -> tuple[float, float]:
+    """(forward, forward+backward) FLOPs of one step."""
+    attn = 2 * 2 * b * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.kv_head_dim * l * (l + 1) / 2
+    fwd = 2 * n_matmul * b * l + attn
+    return fwd, 3 * fwd
+
+
+def time_torch(hf, ids_np, repeats: int) -> dict:
+    import torch
+
+    ids = torch.tensor(ids_np)
+
+    def fwd():
+        with torch.no_grad():
+            return hf(ids).logits
+
+    def fwd_bwd():
+        hf.zero_grad(set_to_none=True)
+        loss = hf(ids, labels=ids).loss
+        loss.backward()
+        return loss
+
+    def best(fn):
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    loss = float(fwd_bwd())
+    return {"forward_s": best(fwd), "forward_backward_s": best(fwd_bwd), "loss": loss}
+
+
+def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    ids = jnp.asarray(ids_np, jnp.int32)
+
+    def loss_fn(params, ids):
+        logits = nnx.merge(graphdef, params, rest)(ids)[:, :-1].astype(jnp.float32)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], axis=-1))
+
+    fwd = jax.jit(lambda p, ids: nnx.merge(graphdef, p, rest)(ids))
+    fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd_bwd(params, ids))
+    compile_s = time.perf_counter() - t0
+    loss = float(fwd_bwd(params, ids)[0])
+    return {"forward_s": best_time(fwd, params, ids, repeats=repeats), "forward_backward_s": best_time(fwd_bwd, params, ids, repeats=repeats),
+            "loss": loss, "fwd_bwd_first_call_s": compile_s}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--impls", default="chunked,reference", help="JAX attention impls to time")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_step.json"))
+    args = ap.parse_args()
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    hf = Qwen2ForCausalLM(Qwen2Config(**llm_to_hf_config(CFG), attn_implementation="sdpa")).float()
+    tensors = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    n_total = sum(v.size for v in tensors.values())
+    n_matmul = n_total - tensors["model.embed_tokens.weight"].size + CFG.vocab_size * CFG.hidden_size
+    ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (args.batch, args.seq))
+    f_fwd, f_fb = flops(CFG, n_matmul, args.batch, args.seq)
+
+    peak = measure_matmul_peak(jnp.float32)
+    results = {}
+    for impl in args.impls.split(","):
+        model = Qwen2(CFG, attention_impl=impl, rngs=nnx.Rngs(0))
+        params_from_tensors(model, tensors, qwen2_hf_rules(CFG))
+        results[f"jax_{impl}"] = time_jax(model, ids, args.repeats)
+        del model
+    results["torch_sdpa"] = time_torch(hf.train(), ids, args.repeats)  # train(): dropout is 0 anyway
+    for r in results.values():
+        r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
+        r["forward_backward_gflops"] = f_fb / r["forward_backward_s"] / 1e9
+        r["forward_frac_of_peak"] = r["forward_gflops"] / peak["gflops"]
+        r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / peak["gflops"]
+        r["tokens_per_s_fwd_bwd"] = args.batch * args.seq / r["forward_backward_s"]
+    out = {
+        "what": "Qwen2 ~100M fp32 step on CPU: hourllava_jax vs transformers (same weights)",
+        "config": {k: getattr(CFG, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")},  # fmt: skip
+        "params_total": int(n_total), "params_matmul": int(n_matmul), "batch": args.batch, "seq": args.seq,
+        "flops_forward": f_fwd, "flops_forward_backward": f_fb, "matmul_peak_f32": peak, "results": results,
+        "versions": {"jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

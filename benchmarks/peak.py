@@ -1,0 +1,39 @@
+"""Matmul peak of this machine, measured in the same run as a benchmark (ENV.md: report efficiency
+against it, never against remembered numbers).
+
+    python benchmarks/peak.py            # prints f32 and bf16 (f32 accumulate) peaks as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def best_time(fn, *args, repeats: int = 5) -> float:
+    """Best wall time (s) of ``fn(*args)`` over ``repeats`` runs after one warm-up (compile) run."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of a jitted n x n x n matmul with inputs in ``dtype`` and f32 accumulation/output
+    (bf16 -> f32 is how the model's bf16 matmuls should run). Best of ``repeats``."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    t = best_time(f, a, b, repeats=repeats)
+    return {"dtype": jnp.dtype(dtype).name, "accumulate": "float32", "n": n, "seconds": t, "gflops": 2 * n**3 / t / 1e9}
+
+
+if __name__ == "__main__":
+    print(json.dumps([measure_matmul_peak(jnp.float32), measure_matmul_peak(jnp.bfloat16)], indent=2))

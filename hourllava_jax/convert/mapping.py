@@ -1,0 +1,146 @@
+"""Name-and-layout rules between Hugging Face tensors and NNX parameters.
+
+A :class:`TensorRule` says: HF tensor ``hf_key``, transposed by ``perm``, then reshaped, is the
+NNX ``Param`` at ``path``. Each model family lists its rules (``convert/*_keys.py``); the
+functions here apply them in either direction, one tensor at a time, so a checkpoint is never
+held twice in host memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Path = tuple[str | int, ...]
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model: the message names the key or file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """HF tensor ``hf_key`` -> ``transpose(perm)`` -> reshape -> NNX Param at ``path``."""
+
+    hf_key: str
+    path: Path
+    perm: tuple[int, ...] | None = None
+
+
+def _path_str(path: Path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _params(model: nnx.Module) -> dict[Path, nnx.Variable]:
+    """Every ``nnx.Param`` of ``model`` by its state path (live references, assignable)."""
+    out: dict[Path, nnx.Variable] = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            out[tuple(path)] = node
+    return out
+
+
+def hf_to_jax(x: np.ndarray, rule: TensorRule, shape: tuple[int, ...]) -> np.ndarray:
+    """Applies the rule's layout change to an HF tensor; errors name the key."""
+    if rule.perm is not None:
+        if x.ndim != len(rule.perm):
+            raise ConversionError(f"{rule.hf_key}: expected a {len(rule.perm)}-d tensor, got shape {x.shape}")
+        x = np.transpose(x, rule.perm)
+    if int(np.prod(x.shape)) != int(np.prod(shape)):
+        raise ConversionError(f"{rule.hf_key}: shape {x.shape} (after transpose) does not fit parameter {_path_str(rule.path)} of shape {shape}")
+    return x.reshape(shape)
+
+
+def jax_to_hf(y: np.ndarray, rule: TensorRule, hf_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`hf_to_jax` given the HF tensor's shape."""
+    if rule.perm is None:
+        return y.reshape(hf_shape)
+    permuted = tuple(hf_shape[p] for p in rule.perm)
+    inv = np.argsort(rule.perm)
+    return np.transpose(y.reshape(permuted), inv)
+
+
+def check_rules(model: nnx.Module, rules: Iterable[TensorRule]) -> dict[Path, nnx.Variable]:
+    """Every Param covered exactly once by the rules; returns the Params by path."""
+    params = _params(model)
+    seen: dict[Path, str] = {}
+    for r in rules:
+        if r.path not in params:
+            raise ConversionError(f"rule for {r.hf_key} points at {_path_str(r.path)}, which is not a parameter of {type(model).__name__}")
+        if r.path in seen:
+            raise ConversionError(f"parameter {_path_str(r.path)} is mapped twice ({seen[r.path]}, {r.hf_key})")
+        seen[r.path] = r.hf_key
+    uncovered = sorted(_path_str(p) for p in params if p not in seen)
+    if uncovered:
+        raise ConversionError(f"no checkpoint key maps to parameter(s) {uncovered[:8]}{' ...' if len(uncovered) > 8 else ''}")
+    return params
+
+
+def load_tensors(
+    model: nnx.Module,
+    get_tensor: Callable[[str], np.ndarray],
+    available: Iterable[str],
+    rules: list[TensorRule],
+    *,
+    dtype: Any = None,
+    strict: bool = True,
+    place: Callable[[Path, np.ndarray], jax.Array] | None = None,
+    source: str = "checkpoint",
+) -> None:
+    """Fills ``model``'s Params in place, reading one tensor at a time with ``get_tensor``.
+
+    ``available`` are the keys the checkpoint holds: a rule key not among them is an error, and
+    with ``strict`` so is a checkpoint key no rule uses. ``place(path, array)`` puts each array on
+    devices (e.g. ``jax.device_put`` with the parameter's sharding); default: ``jnp.asarray``.
+    """
+    params = check_rules(model, rules)
+    available = set(available)
+    missing = sorted(r.hf_key for r in rules if r.hf_key not in available)
+    if missing:
+        raise ConversionError(f"{source}: missing key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if strict:
+        used = {r.hf_key for r in rules}
+        unexpected = sorted(available - used)
+        if unexpected:
+            raise ConversionError(f"{source}: unexpected key(s) {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    for r in rules:
+        var = params[r.path]
+        target_dtype = dtype if dtype is not None else var.get_value().dtype
+        x = hf_to_jax(np.asarray(get_tensor(r.hf_key)), r, tuple(var.get_value().shape))
+        x = x.astype(target_dtype) if x.dtype != np.dtype(target_dtype) else x
+        var.set_value(place(r.path, x) if place is not None else jnp.asarray(x))
+
+
+def params_from_tensors(model: nnx.Module, tensors: Mapping[str, np.ndarray], rules: list[TensorRule], *, dtype: Any = None, strict: bool = True) -> None:
+    """In-memory variant of :func:`load_tensors` (tests, small models)."""
+    load_tensors(model, tensors.__getitem__, tensors.keys(), rules, dtype=dtype, strict=strict, source="tensors")
+
+
+def iter_hf_tensors(model: nnx.Module, rules: list[TensorRule], hf_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields ``(hf_key, numpy array)`` in rule order, one parameter gathered at a time.
+
+    ``hf_shapes`` gives the HF shape of each key; without it, the HF shape is the JAX shape
+    permuted back (exact whenever a rule only transposes, which is every rule of this project).
+    """
+    params = check_rules(model, rules)
+    for r in rules:
+        y = np.asarray(jax.device_get(params[r.path].get_value()))
+        if hf_shapes is not None and r.hf_key in hf_shapes:
+            shape = tuple(hf_shapes[r.hf_key])
+        elif r.perm is not None:
+            inv = np.argsort(r.perm)
+            shape = tuple(y.shape[i] for i in inv)
+        else:
+            shape = y.shape
+        yield r.hf_key, jax_to_hf(y, r, shape)
+
+
+def tensors_from_params(model: nnx.Module, rules: list[TensorRule]) -> dict[str, np.ndarray]:
+    """All HF tensors of ``model`` in memory (tests, small models)."""
+    return dict(iter_hf_tensors(model, rules))

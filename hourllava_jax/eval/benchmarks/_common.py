@@ -1,0 +1,105 @@
+"""What every benchmark reader shares: tolerant JSON reading and an item/problem collector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hourllava_jax.eval import items as it
+
+
+class Collector:
+    """Accumulates the items and problems of one benchmark load.
+
+    `add` rejects duplicate ids (the second one becomes a problem), so results keyed by id can
+    never silently overwrite each other.
+    """
+
+    def __init__(self, benchmark: str):
+        self.benchmark = benchmark
+        self.items: list[it.EvalItem] = []
+        self.problems: list[it.Problem] = []
+        self._ids: set[str] = set()
+
+    def problem(self, where: str, reason: str, message: str) -> None:
+        self.problems.append(it.Problem(self.benchmark, where, reason, message))
+
+    def add(self, where: str, item: it.EvalItem) -> None:
+        if item.id in self._ids:
+            self.problem(where, it.DUPLICATE_ID, f"id {item.id!r} seen before; kept the first")
+            return
+        self._ids.add(item.id)
+        self.items.append(item)
+
+    def result(self) -> tuple[list[it.EvalItem], list[it.Problem]]:
+        return self.items, self.problems
+
+
+def read_json(path: Path, out: Collector) -> Any | None:
+    """The parsed file, or None with a recorded problem (missing or not JSON)."""
+    if not path.is_file():
+        out.problem(str(path), it.MISSING_FILE, "annotation file not found")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        out.problem(str(path), it.MALFORMED_JSON, str(e))
+        return None
+
+
+def read_jsonl(path: Path, out: Collector) -> list[tuple[str, Any]]:
+    """(where, parsed line) pairs; unparsable lines become problems, blank lines are skipped."""
+    if not path.is_file():
+        out.problem(str(path), it.MISSING_FILE, "annotation file not found")
+        return []
+    rows = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{n}"
+            try:
+                rows.append((where, json.loads(line)))
+            except json.JSONDecodeError as e:
+                out.problem(where, it.MALFORMED_JSON, str(e))
+    return rows
+
+
+def require(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str | None:
+    """None if `record` is a dict with every field of the right type, else what is wrong."""
+    if not isinstance(record, dict):
+        return f"expected an object, got {type(record).__name__}"
+    for name, tp in fields.items():
+        if name not in record:
+            return f"missing field {name!r}"
+        value = record[name]
+        # bool is an int subclass; an answer index of True is a broken record, not 1.
+        if not isinstance(value, tp) or (isinstance(value, bool) and bool not in _as_tuple(tp)):
+            return f"field {name!r} has type {type(value).__name__}"
+        if isinstance(value, str) and not value.strip():
+            return f"field {name!r} is empty"
+    return None
+
+
+def _as_tuple(tp: type | tuple[type, ...]) -> tuple[type, ...]:
+    return tp if isinstance(tp, tuple) else (tp,)
+
+
+def answer_letter(answer: Any, n_options: int) -> str | None:
+    """A valid letter for `n_options` options from "C" / "(C)" / "C. text", else None."""
+    if not isinstance(answer, str):
+        return None
+    s = answer.strip()
+    if len(s) >= 1 and s[0] == "(":
+        s = s[1:]
+    if s and s[0] in it.LETTERS[:n_options] and (len(s) == 1 or not s[1].isalnum()):
+        return s[0]
+    return None
+
+
+def number(value: Any) -> float | None:
+    """A JSON number as float (durations); None for anything else, bools included."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

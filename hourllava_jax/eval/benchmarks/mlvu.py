@@ -1,0 +1,58 @@
+"""MLVU dev, the seven multiple-choice tasks (2,174 questions; videos 3 min to 2 h).
+
+Expected layout under `root` (the `MLVU/` folder of the Hugging Face `MLVU/MVLU` release)::
+
+    root/
+      json/1_plotQA.json  2_needle.json  3_ego.json  4_count.json  5_order.json
+           6_anomaly_reco.json  7_topic_reasoning.json
+      video/1_plotQA/<video>  video/2_needle/<video>  ...   # one folder per json, same stem
+
+Each json is a list of {`video`, `duration` (seconds), `question`, `candidates` (option texts),
+`answer` (the text of the right candidate, not a letter), `question_type`}. MLVU has no question
+ids: the id is "<stem>/<index in file>", stable as long as the files are. The open-ended tasks
+(8_sub_scene, 9_summary: GPT-judged in the paper) are not read. Category: `task`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hourllava_jax.eval import items as it
+from hourllava_jax.eval.benchmarks._common import Collector, number, read_json, require
+
+BENCHMARK = "mlvu"
+TASK_FILES = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
+_FIELDS = {"video": str, "question": str, "candidates": list, "answer": str}
+
+
+def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+    """Reads the MLVU dev multiple-choice tasks under `root`. Returns (items, problems)."""
+    root = Path(root)
+    out = Collector(BENCHMARK)
+    for stem in TASK_FILES:
+        data = read_json(root / "json" / f"{stem}.json", out)
+        if data is not None and not isinstance(data, list):
+            out.problem(f"{stem}.json", it.BAD_RECORD, "top level must be a list")
+            data = None
+        for i, row in enumerate(data or []):
+            where = f"{stem}.json[{i}]"
+            err = require(row, _FIELDS)
+            if err:
+                out.problem(where, it.BAD_RECORD, err)
+                continue
+            options = it.coerce_options(row["candidates"])
+            if isinstance(options, str):
+                out.problem(where, it.BAD_OPTIONS, options)
+                continue
+            matches = [k for k, o in enumerate(row["candidates"]) if o.strip() == row["answer"].strip()]
+            if len(matches) != 1:
+                out.problem(where, it.BAD_ANSWER,
+                            f"answer {row['answer']!r} matches {len(matches)} candidates, need exactly 1")
+                continue
+            out.add(where, it.EvalItem(
+                benchmark=BENCHMARK, id=f"{stem}/{i}", video=it.resolve_video(root / "video" / stem, row["video"]),
+                question=row["question"].strip(), options=options, answer=it.LETTERS[matches[0]],
+                categories={"task": str(row.get("question_type") or stem.split("_", 1)[1])},
+                video_id=f"{stem}/{row['video']}",
+                duration=number(row.get("duration"))))
+    return out.result()

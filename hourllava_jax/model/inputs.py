@@ -1,0 +1,74 @@
+"""One model input sample and the collation of samples into a padded, static-shape batch.
+
+The batch keys are documented in :mod:`hourllava_jax.model.hour_llava`. Lengths are rounded up
+to multiples (``text_multiple`` etc.) so that batches of similar size share one compiled
+program; the data pipeline picks the multiples (buckets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hourllava_jax.model.layout import VisualLayout, collate_layouts
+from hourllava_jax.model.splice import IGNORE
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """input_ids/labels int32[L]; features float[U, P, C] (pre-projector visual units) or None
+    for text-only; layout: the sample's :class:`VisualLayout` (None for text-only)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray | None = None
+    features: np.ndarray | None = None
+    layout: VisualLayout | None = None
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, unit_multiple: int = 16,
+            memory_multiple: int = 128, decayed_multiple: int = 64, image_token_id: int = -200) -> dict[str, np.ndarray]:
+    """Pads samples into the batch dict of :class:`~hourllava_jax.model.hour_llava.HourLlava`.
+
+    Raises ValueError when a sample's ``<image>`` count differs from its layout's placeholder
+    count (the release would silently misalign them).
+    """
+    b = len(samples)
+    length = _round_up(max(len(s.input_ids) for s in samples), text_multiple)
+    ids = np.full((b, length), pad_id, np.int32)
+    mask = np.zeros((b, length), bool)
+    labels = np.full((b, length), IGNORE, np.int32)
+    with_labels = any(s.labels is not None for s in samples)
+    for i, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[i, :n] = s.input_ids
+        mask[i, :n] = True
+        if s.labels is not None:
+            if len(s.labels) != n:
+                raise ValueError(f"sample {i}: {len(s.labels)} labels for {n} tokens")
+            labels[i, :n] = s.labels
+        n_ph = int((np.asarray(s.input_ids) == image_token_id).sum())
+        n_vis = 0 if s.layout is None else len(s.layout.decayed)
+        if n_ph != n_vis:
+            raise ValueError(f"sample {i}: {n_ph} <image> placeholder(s) but {n_vis} visual input(s)")
+    batch: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+    if with_labels:
+        batch["labels"] = labels
+    visual = [s for s in samples if s.features is not None]
+    if not visual:
+        return batch
+    u = _round_up(max(s.features.shape[0] for s in visual), unit_multiple)
+    p, c = visual[0].features.shape[1:]
+    feats = np.zeros((b, u, p, c), visual[0].features.dtype)
+    for i, s in enumerate(samples):
+        if s.features is not None:
+            if s.features.shape[1:] != (p, c):
+                raise ValueError(f"sample {i}: features {s.features.shape} do not match [U, {p}, {c}]")
+            feats[i, : s.features.shape[0]] = s.features
+    lay = collate_layouts([s.layout for s in samples], memory_multiple=memory_multiple, decayed_multiple=decayed_multiple)
+    batch.update(features=feats, memory_src=lay.memory_src, memory_pos=lay.memory_pos, decayed=lay.decayed)
+    return batch

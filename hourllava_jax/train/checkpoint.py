@@ -1,0 +1,190 @@
+"""Checkpointing with orbax (STYLE lesson 9): one checkpoint = train state + data position.
+
+* ``<workdir>/checkpoints/<step>/state``: params, optimizer state, step, rng, skipped count
+  (``ocp.args.StandardSave``; sharded arrays written by every process).
+* ``<workdir>/checkpoints/<step>/data``: ``process_<i>-of-<n>.json``, each process's data
+  iterator state (grain layout), captured when the save is *requested* (the write is async).
+
+Saves are async every ``every`` steps, forced at the end and on SIGTERM; the last ``keep``
+complete checkpoints are kept (orbax deletes old ones only after a newer one is finalised).
+Restore walks the steps newest first: a checkpoint that fails to restore (truncated or missing
+files) is logged, renamed to ``corrupt.<step>`` (kept for inspection, never deleted) and the
+previous one is used. Restoring onto another mesh works because the target is an abstract state
+carrying the *new* shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+from hourllava_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data-iterator state: one JSON file per process.
+# --------------------------------------------------------------------------------------------------
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Writes/reads ``process_<i>-of-<n>.json`` (the layout of grain's handler) from a snapshot."""
+
+    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(json.dumps(args.state, indent=1))
+
+    def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> dict[str, Any]:
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = directory / name
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise FileNotFoundError(f"{path} missing (found {found}); was the process count changed?")
+        return json.loads(path.read_text())
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: dict[str, Any]
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# The manager.
+# --------------------------------------------------------------------------------------------------
+
+
+def _state_dict(state: TrainState) -> dict[str, Any]:
+    # A plain dict at the top: orbax's tree metadata handles dicts/namedtuples, not dataclasses.
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+class Checkpointer:
+    """Saves and restores ``(TrainState, data-iterator state)`` under ``directory``."""
+
+    def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
+        self.directory = epath.Path(Path(directory).resolve())  # tensorstore wants absolute paths
+        self.every = every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # leftovers of a save killed mid-way
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_saved: int | None = None
+
+    def save(self, step: int, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
+        """Starts a (possibly async) save if ``step`` is due or ``force``; returns whether it did."""
+        # The interval is decided here (orbax's default policy also saves the first step seen).
+        if not force and step % self.every:
+            return False
+        if step == self._last_saved or step in self.manager.all_steps():
+            return False  # e.g. the final save of a step the interval already saved
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_state_dict(state)), data=DataStateSave(dict(data_state)))
+        saved = self.manager.save(step, args=args, force=True)
+        if saved:
+            self._last_saved = step
+        return saved
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any], int] | None:
+        """The newest checkpoint that restores, onto ``abstract_state``'s shardings; None if none.
+
+        A checkpoint that fails is renamed ``corrupt.<step>`` so later saves are not blocked by
+        its step number, and the next older one is tried.
+        """
+        target = _state_dict(abstract_state)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                out = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=DataStateRestore())
+                )
+                state = TrainState(**out["state"])
+                if int(jax.device_get(state.step)) != step:
+                    raise ValueError(f"checkpoint {step} holds step {int(state.step)}")
+                return state, dict(out["data"]), step
+            except Exception as e:  # noqa: BLE001 - any failure means "unusable", fall back
+                log.warning("checkpoint %s under %s failed to restore (%s: %s); falling back to the previous one",
+                            step, self.directory, type(e).__name__, e)
+                print(f"WARNING: checkpoint {step} is unusable ({type(e).__name__}: {str(e)[:300]}); "
+                      "falling back to the previous one", flush=True)
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        multihost_utils.sync_global_devices(f"ckpt_quarantine_{step}_a")
+        if jax.process_index() == 0:
+            src = self.directory / str(step)
+            if src.exists():
+                src.rename(self.directory / f"corrupt.{step}")
+        multihost_utils.sync_global_devices(f"ckpt_quarantine_{step}_b")
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGTERM: save at the current step, then exit.
+# --------------------------------------------------------------------------------------------------
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag the loop polls after each step (saving inside a signal handler
+    could interleave with a running step). With several processes, the flag is OR-ed across
+    them so every process saves at the same step (the save is collective)."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._previous: Any = None
+
+    def install(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._flag.set()
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def requested(self) -> bool:
+        local = self._flag.is_set()
+        if jax.process_count() == 1:
+            return local
+        flags = multihost_utils.process_allgather(np.array([int(local)], np.int32))
+        return bool(np.asarray(flags).max())

@@ -1,0 +1,151 @@
+"""Typed training config (SPEC §2): stage, per-module optimisation, batches, schedule,
+checkpointing, logging, parallelism. Stage presets live in ``configs/train/*.yaml``.
+
+The ``model`` field names a model preset (``configs/model/<name>.yaml``) and ``model_overrides``
+holds ``key=value`` overrides for it; the launcher turns them into a model config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Literal
+
+from hourllava_jax.config.base import ConfigError, apply_overrides, from_dict, load_yaml
+from hourllava_jax.parallel.mesh import MESH_AXES
+from hourllava_jax.parallel.rules import DEFAULT_RULES
+
+Dtype = Literal["float32", "bfloat16"]
+# Names the model's remat helper understands (jax.checkpoint_policies or "none"/"full").
+RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable"]
+# Top-level sub-modules of Hour-LLaVA; parameters are grouped by the first of these in their path.
+MODULES: tuple[str, ...] = ("vision_tower", "projector", "memaug", "llm", "image_newline")
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleOptim:
+    """One parameter group: trained with its own peak learning rate, or frozen."""
+
+    trainable: bool = False
+    lr: float = 0.0  # peak learning rate (after warmup); ignored when frozen
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, warmup then cosine to 0, global-norm clipping (SPEC §2 'Common')."""
+
+    modules: dict[str, ModuleOptim] = dataclasses.field(default_factory=dict)
+    warmup_ratio: float = 0.03
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0  # 0 disables
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def validate(self) -> None:
+        _require(bool(self.modules), "optim.modules: list at least one module group")
+        for name, m in self.modules.items():
+            _require(not m.trainable or m.lr > 0, f"optim.modules.{name}: a trainable module needs lr > 0")
+        _require(any(m.trainable for m in self.modules.values()), "optim.modules: nothing is trainable")
+        _require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+        _require(self.grad_clip >= 0 and self.weight_decay >= 0, "optim: grad_clip and weight_decay must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to read. ``synthetic`` is the in-memory iterator (``train/data_iter.py``);
+    other names are resolved by the launcher once the grain pipelines land."""
+
+    source: str = "synthetic"
+    seq_len: int = 32
+    num_records: int = 256  # synthetic only
+    vocab_size: int = 64  # synthetic only
+    shuffle: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100  # save every N steps (and always at the end / on SIGTERM)
+    keep: int = 3  # keep the last K complete checkpoints (>= 2 so a corrupt latest has a fallback)
+    async_save: bool = True
+
+    def validate(self) -> None:
+        _require(self.every >= 1, "checkpoint.every must be >= 1")
+        _require(self.keep >= 2, "checkpoint.keep must be >= 2 (the fallback for a corrupt latest checkpoint)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    """``jax.profiler`` trace of steps [start_step, start_step + num_steps); 0 steps = off."""
+
+    start_step: int = 0
+    num_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    stage: int = 3
+    model: str = "tiny"  # model preset name or YAML path (config.load_model_config)
+    model_overrides: tuple[str, ...] = ()
+    # SPEC §2: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
+    forgetting: Literal["spatial", "spatial+temporal"] = "spatial+temporal"
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    global_batch_size: int = 128  # sequences per optimizer step, all processes together
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (micro = global / accum)
+    max_length: int = 32768
+    num_steps: int = 1000  # optimizer steps (1 epoch of the stage's data in the paper)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    log_every: int = 10
+    remat: RematPolicy = "full"  # gradient checkpointing (SPEC §2); the model reads the name
+    compute_dtype: Dtype = "bfloat16"  # params are cast to this inside the step; masters stay fp32
+    param_dtype: Dtype = "float32"
+    mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1, "memory": 1})
+    rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RULES))
+    profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
+    peak_flops_per_device: float = 0.0  # for MFU; 0 = not reported (e.g. 197e12 for TPU v5e bf16)
+    tensorboard: bool = True
+    wandb_project: str = ""  # "" = off; used only if wandb is importable
+    seed: int = 0
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.global_batch_size // self.grad_accum_steps
+
+    @property
+    def warmup_steps(self) -> int:
+        # HF Trainer: ceil(num_training_steps * warmup_ratio).
+        return math.ceil(self.num_steps * self.optim.warmup_ratio)
+
+    def validate(self) -> None:
+        _require(self.stage in (1, 2, 3), f"stage must be 1, 2 or 3, got {self.stage}")
+        _require(self.global_batch_size >= 1 and self.grad_accum_steps >= 1, "batch sizes must be >= 1")
+        _require(self.global_batch_size % self.grad_accum_steps == 0,
+                 f"global_batch_size {self.global_batch_size} must divide by grad_accum_steps {self.grad_accum_steps}")
+        _require(self.num_steps >= 1 and self.log_every >= 1, "num_steps and log_every must be >= 1")
+        bad = sorted(set(self.mesh) - set(MESH_AXES))
+        _require(not bad, f"mesh: unknown axes {bad}; valid {list(MESH_AXES)}")
+        for name, axes in self.rules.items():
+            bad = sorted(set(axes) - set(MESH_AXES))
+            _require(not bad, f"rules.{name}: unknown mesh axes {bad}")
+        unknown = sorted(set(self.optim.modules) - set(MODULES))
+        _require(not unknown, f"optim.modules: unknown module(s) {unknown}; Hour-LLaVA has {list(MODULES)}")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Reads a train YAML (``configs/train/*.yaml`` or a path) and applies ``key=value`` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        from hourllava_jax.config import resolve_config_path
+
+        p = resolve_config_path(str(path), "train")
+    cfg = from_dict(TrainConfig, load_yaml(p), where=str(p))
+    return apply_overrides(cfg, overrides)

@@ -1,0 +1,152 @@
+"""The training loop (SPEC §2): mesh -> init or resume -> AOT compile -> iterate, log, checkpoint.
+
+Model-agnostic: it takes a model factory ``factory(nnx.Rngs) -> nnx.Module``, a loss
+``loss_fn(model, batch, rng) -> (loss, aux)`` and a data factory
+``data_factory(cfg, process_index, process_count)`` returning an iterator of process-local
+numpy batches with ``get_state()/set_state()``. ``launch/train.py`` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from hourllava_jax.config.base import save_yaml, to_dict
+from hourllava_jax.parallel.mesh import make_mesh
+from hourllava_jax.parallel.rules import use_rules
+from hourllava_jax.train import distributed
+from hourllava_jax.train.checkpoint import Checkpointer, PreemptionGuard
+from hourllava_jax.train.config import TrainConfig
+from hourllava_jax.train.metrics import MetricsLogger, mfu
+from hourllava_jax.train.optimizer import trainable_mask
+from hourllava_jax.train.state import ModelFactory, TrainState, create_train_state, materialise_rest
+from hourllava_jax.train.step import LossFn, compile_step, make_train_step, step_flops
+
+DataFactory = Callable[[TrainConfig, int, int], Iterator[dict[str, np.ndarray]]]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    last_metrics: dict[str, Any]
+    preempted: bool  # stopped by SIGTERM after saving the current step
+    resumed_from: int | None  # checkpoint step the run started from (None: fresh init)
+
+
+def _host(metrics: dict[str, jax.Array]) -> dict[str, Any]:
+    return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
+
+
+def train(
+    cfg: TrainConfig,
+    workdir: str | Path,
+    factory: ModelFactory,
+    loss_fn: LossFn,
+    data_factory: DataFactory,
+    *,
+    mesh: Mesh | None = None,
+    stop_after: int | None = None,
+    step_hook: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Trains to ``cfg.num_steps`` (or ``stop_after`` steps of this run), resuming from
+    ``<workdir>/checkpoints`` when a checkpoint exists. ``step_hook(step)`` runs after each
+    step (tests use it to slow a run down or to raise)."""
+    workdir = Path(workdir)
+    mesh = make_mesh(cfg.mesh) if mesh is None else mesh
+    pidx, pcount = jax.process_index(), jax.process_count()
+    if pidx == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, workdir / "train_config.yaml")
+    distributed.check_process_rows(mesh, cfg.global_batch_size)
+
+    with use_rules(cfg.rules):
+        # ---------------------------------------------------------------- init or resume
+        ini = create_train_state(cfg, mesh, factory)
+        ckpt = Checkpointer(workdir / "checkpoints", every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                            async_save=cfg.checkpoint.async_save)
+        data = data_factory(cfg, pidx, pcount)
+        restored = ckpt.restore_latest(ini.abstract_state)
+        if restored is None:
+            state, resumed_from = ini.init(), None
+        else:
+            state, data_state, resumed_from = restored
+            data.set_state(data_state)
+            if pidx == 0:
+                print(f"resumed from checkpoint {resumed_from}", flush=True)
+
+        # ---------------------------------------------------------------- compile
+        rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
+        mask = trainable_mask(ini.parts.param_template.to_pure_dict(), cfg.optim)
+        step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
+                                  grad_accum_steps=cfg.grad_accum_steps)
+        first = next(data)
+        spec = {k: jax.ShapeDtypeStruct((v.shape[0] * pcount, *v.shape[1:]), v.dtype) for k, v in first.items()}
+        t0 = time.perf_counter()
+        compiled = compile_step(step_fn, mesh, ini.abstract_state, ini.shardings, spec)
+        flops = step_flops(compiled)
+        tokens_per_step = int(np.prod(spec["input_ids"].shape)) if "input_ids" in spec else 0
+        if pidx == 0:
+            print(f"compiled train step in {time.perf_counter() - t0:.1f}s; {flops:.3e} FLOPs/step/device", flush=True)
+
+        # ---------------------------------------------------------------- iterate
+        start = int(jax.device_get(state.step))
+        end = cfg.num_steps if stop_after is None else min(cfg.num_steps, start + stop_after)
+        logger = MetricsLogger(workdir, total_steps=cfg.num_steps, start_step=start, tensorboard=cfg.tensorboard,
+                               wandb_project=cfg.wandb_project, config=to_dict(cfg))
+        guard = PreemptionGuard().install()
+        prof = cfg.profile
+        profiling = False
+        last: dict[str, Any] = {}
+        preempted = False
+        t_last, s_last = time.perf_counter(), start
+        batch = first
+        try:
+            for s in range(start, end):
+                if prof.num_steps and s == prof.start_step and not profiling:
+                    jax.profiler.start_trace(str(workdir / "profile"))
+                    profiling = True
+                if batch is None:
+                    batch = next(data)
+                state, metrics = compiled(state, distributed.global_batch(batch, mesh))
+                batch = None
+                n = s + 1
+                if profiling and n >= prof.start_step + prof.num_steps:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    profiling = False
+                if n % cfg.log_every == 0 or n == end:
+                    last = _host(metrics)  # blocks: step time below covers the steps since the last log
+                    now = time.perf_counter()
+                    dt = (now - t_last) / max(n - s_last, 1)
+                    t_last, s_last = now, n
+                    last.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt if dt > 0 else 0.0,
+                                mfu=mfu(flops, dt, cfg.peak_flops_per_device))
+                    logger.log(n, last)
+                logger.advance()
+                ckpt.save(n, state, data.get_state())
+                if step_hook is not None:
+                    step_hook(n)
+                if guard.requested():
+                    ckpt.save(n, state, data.get_state(), force=True)
+                    ckpt.wait()
+                    preempted = True
+                    if pidx == 0:
+                        print(f"SIGTERM: saved checkpoint {n}, exiting", flush=True)
+                    break
+            else:
+                ckpt.save(end, state, data.get_state(), force=True)
+        finally:
+            if profiling:
+                jax.profiler.stop_trace()
+            guard.uninstall()
+            ckpt.close()
+            logger.close()
+    return TrainResult(state, last, preempted, resumed_from)

@@ -1,0 +1,161 @@
+"""Train Hour-LLaVA (SPEC §2): ``python launch/train.py --config configs/train/tiny.yaml
+--workdir /tmp/run [--set key=value ...]``.
+
+Resumes automatically from the latest complete checkpoint in ``--workdir``. On a TPU pod or
+under SLURM run the same command on every host (``launch/tpu_pod.sh``, ``launch/slurm_gpu.sbatch``);
+``docs/training.md`` has the details.
+
+The model/loss/data factories below are the only model-specific part. They currently build a
+small **stand-in** model with Hour-LLaVA's sub-module names; the real model plugs in by
+replacing :func:`build_model_and_loss` (and :func:`build_data` once the grain pipelines land).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from hourllava_jax.parallel import axes as ax  # noqa: E402
+from hourllava_jax.parallel.rules import constrain  # noqa: E402
+from hourllava_jax.train.config import TrainConfig, load_train_config  # noqa: E402
+
+# ==================================================================================================
+# Model and loss factory (stand-in until hourllava_jax.model lands; the lead swaps this section)
+# ==================================================================================================
+
+STANDIN_FEATURES = (4, 8)  # features float32[B, 4 frames, 8] per record
+
+
+class _Linear(nnx.Module):
+    """``y = x @ w + b`` with ``w float[din, dout]`` carrying logical axes ``axes``."""
+
+    def __init__(self, din: int, dout: int, axes: tuple[str, str], rngs: nnx.Rngs):
+        self.w = nnx.Param(ax.param_init(nnx.initializers.normal(0.2), axes)(rngs.params(), (din, dout)))
+        self.b = nnx.Param(ax.param_init(nnx.initializers.normal(0.02), (axes[1],))(rngs.params(), (dout,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.w[...] + self.b[...]
+
+
+class _Pair(nnx.Module):
+    def __init__(self, d: int, h: int, rngs: nnx.Rngs):
+        self.fc1 = _Linear(d, h, (ax.EMBED, ax.MLP), rngs)
+        self.fc2 = _Linear(h, d, (ax.MLP, ax.EMBED), rngs)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x)))
+
+
+class _StandInLLM(nnx.Module):
+    def __init__(self, vocab: int, d: int, h: int, rngs: nnx.Rngs):
+        self.embed = nnx.Param(ax.param_init(nnx.initializers.normal(1.0), (ax.VOCAB, ax.EMBED))(rngs.params(), (vocab, d)))
+        self.mlp = _Pair(d, h, rngs)
+        self.norm = nnx.Param(ax.param_init(nnx.initializers.ones, (ax.NORM,))(rngs.params(), (d,)))
+        self.lm_head = _Linear(d, vocab, (ax.EMBED, ax.VOCAB), rngs)
+
+
+class StandInModel(nnx.Module):
+    """Two-layer-ish toy with Hour-LLaVA's top-level names, so per-module rules apply:
+    ``vision_tower`` -> ``projector`` (+ ``image_newline``) -> ``memaug`` -> context added to
+    the ``llm`` token embeddings -> MLP block -> logits ``float32[B, S, V]``."""
+
+    def __init__(self, rngs: nnx.Rngs, vocab: int = 64, d: int = 32, h: int = 64, feat: int = STANDIN_FEATURES[1]):
+        self.vision_tower = _Linear(feat, h, (ax.EMBED, ax.MLP), rngs)
+        self.projector = _Linear(h, d, (ax.MLP, ax.EMBED), rngs)
+        self.image_newline = nnx.Param(ax.param_init(nnx.initializers.normal(0.02), (ax.EMBED,))(rngs.params(), (d,)))
+        self.memaug = _Pair(d, h, rngs)
+        self.llm = _StandInLLM(vocab, d, h, rngs)
+
+    def __call__(self, input_ids: jax.Array, features: jax.Array) -> jax.Array:
+        v = self.projector(jax.nn.gelu(self.vision_tower(features))) + self.image_newline[...]  # [B, F, D]
+        v = v + self.memaug(v)
+        x = self.llm.embed[...][input_ids] + v.mean(axis=1, keepdims=True)  # [B, S, D]
+        x = constrain(x, (ax.BATCH, ax.SEQ, ax.ACT_EMBED))
+        norm = lambda y: y * jax.lax.rsqrt((y.astype(jnp.float32) ** 2).mean(-1, keepdims=True) + 1e-6).astype(y.dtype) * self.llm.norm[...]  # noqa: E731
+        x = x + self.llm.mlp(norm(x))
+        return self.llm.lm_head(norm(x)).astype(jnp.float32)
+
+
+def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Array):
+    """Mean token cross-entropy over labels != -100 (SPEC §3 'Loss'); ``rng`` unused here."""
+    del rng
+    logits = model(batch["input_ids"], batch["features"].astype(model.image_newline[...].dtype))
+    labels = batch["labels"]
+    mask = labels != -100
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
+    n = jnp.maximum(mask.sum(), 1)
+    return (ce * mask).sum() / n, {"tokens": mask.sum().astype(jnp.float32)}
+
+
+def build_model_and_loss(cfg: TrainConfig):
+    """``(model_factory(rngs) -> nnx.Module, loss_fn(model, batch, rng) -> (loss, aux))``.
+
+    TODO(lead): build Hour-LLaVA from ``load_model_config(cfg.model, cfg.model_overrides)`` with
+    ``cfg.remat``/``cfg.forgetting`` and return its loss; the loop is model-agnostic.
+    """
+    vocab = cfg.data.vocab_size
+    return (lambda rngs: StandInModel(rngs, vocab=vocab)), standin_loss
+
+
+def build_data(cfg: TrainConfig, process_index: int, process_count: int):
+    """The per-process batch iterator (``get_state``/``set_state``). Synthetic until grain lands."""
+    from hourllava_jax.train.data_iter import InMemoryIterator, synthetic_records
+
+    if cfg.data.source != "synthetic":
+        raise NotImplementedError(f"data.source={cfg.data.source!r}: the grain pipelines are not wired yet")
+    d = cfg.data
+    records = synthetic_records(d.num_records, d.seq_len, d.vocab_size, feature_shape=STANDIN_FEATURES, seed=d.seed)
+    return InMemoryIterator(records, cfg.global_batch_size, process_index=process_index,
+                            process_count=process_count, shuffle=d.shuffle, seed=d.seed)
+
+
+# ==================================================================================================
+# Command line
+# ==================================================================================================
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="train YAML (configs/train/*.yaml) or preset name")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, profile/")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. --set num_steps=10 --set optim.modules.llm.lr=1e-5)")
+    p.add_argument("--coordinator", help="host:port of process 0 (only where jax cannot auto-detect the cluster)")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    p.add_argument("--stop-after", type=int, help="stop after this many steps of this run (checkpoint saved)")
+    p.add_argument("--debug-step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # test hook
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from hourllava_jax.train import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from hourllava_jax.train.loop import train
+
+    cfg = load_train_config(args.config, args.overrides)
+    factory, loss_fn = build_model_and_loss(cfg)
+    hook = None
+    if args.debug_step_sleep > 0:
+        import time
+
+        hook = lambda step: time.sleep(args.debug_step_sleep)  # noqa: E731
+    result = train(cfg, args.workdir, factory, loss_fn, build_data, stop_after=args.stop_after, step_hook=hook)
+    if jax.process_index() == 0:
+        print(f"done: step {int(result.state.step)} loss {result.last_metrics.get('loss')}", flush=True)
+    # 128 + SIGTERM: the run stopped early but cleanly; schedulers should requeue it.
+    return 143 if result.preempted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
