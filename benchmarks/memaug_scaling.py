@@ -8,9 +8,10 @@ For T in {128, 600, 1800, 3600} frames (1 FPS: 2 min to 1 h) it reports
     ``impl="auto"`` attention, i.e. the chunked kernel on CPU) for a stated reduction of the
     3B model, and the analytic FLOPs of the full 3B MemAug (4 blocks) for comparison.
 
-Full 3B MemAug at T=3600 is ~7e13 FLOPs (minutes on 2 shared cores), so the default run uses
-depth 1 at full width for T <= 600 and depth 1 at width 256 (2 heads of 128, 1 kv head) for all T.
-Timings are wall-clock on a shared machine: treat them as orders of magnitude.
+Full 3B MemAug at T=3600 is ~70 TFLOP (hours on 2 shared CPU cores), so the full model is only
+compiled (abstract parameters: XLA's memory analysis shows what the chunked attention needs) and
+its time extrapolated from a measured 3B-width depth-1 run at T=128; width 256 depth 1 is timed
+up to T=600. Timings are wall-clock on a shared machine: treat them as orders of magnitude.
 
     python benchmarks/memaug_scaling.py            # writes benchmarks/results/memaug_scaling.json
     python benchmarks/memaug_scaling.py --frames 128 600
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -45,7 +47,9 @@ def _mem_analysis(compiled) -> dict:
 
 
 def _time(fn, *args, reps: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm (compiled already)
+    """Best of ``reps`` runs of an already compiled function (plus one warm-up when reps > 1)."""
+    if reps > 1:
+        jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -78,64 +82,85 @@ def bench_build(t: int, cfg: MemoryConfig) -> tuple[dict, object]:
     fn = jax.jit(lambda x, nl: build_video_memory(x, nl, cfg))
     compiled = fn.lower(tokens, newline).compile()
     vm = compiled(tokens, newline)
-    secs = _time(compiled, tokens, newline, reps=2)
+    secs = _time(compiled, tokens, newline, reps=3)
     return {"build_seconds": secs, "build_memory": _mem_analysis(compiled)}, vm
 
 
-def bench_memaug(vm, dims: MemAugDims, reps: int) -> dict:
+def _memaug_inputs(lq: int, lk: int, h: int):
+    return (jax.ShapeDtypeStruct((1, lq, h), jnp.bfloat16), jax.ShapeDtypeStruct((1, lk, h), jnp.bfloat16),
+            jax.ShapeDtypeStruct((1, lq), jnp.int32), jax.ShapeDtypeStruct((1, lk), jnp.int32))
+
+
+def bench_memaug(vm, dims: MemAugDims, *, run: bool) -> dict:
+    """Compiles one MemAug forward for this video's shapes (abstract params: nothing allocated
+    unless ``run``) and reports XLA's memory analysis; with ``run``, also times it."""
     h = dims.hidden
-    model = MemAug(dims, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32)
-    graph, params = nnx.split(model)
-    lq = vm.decayed.shape[0] + TEXT_TOKENS
-    x = jax.random.normal(jax.random.key(1), (1, lq, h), jnp.bfloat16)
-    memory = vm.memory[None, :, :h]  # the repository's first h channels stand in at reduced width
-    qp, kp = query_positions(vm.decayed_positions)[None], vm.memory_positions[None]
+    lq, lk = vm.decayed.shape[0] + TEXT_TOKENS, vm.memory.shape[0]
+    make = lambda: MemAug(dims, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32)  # noqa: E731
+    graph, abstract = nnx.split(nnx.eval_shape(make))
 
     @jax.jit
     def fwd(params, x, memory, qp, kp):
         return nnx.merge(graph, params)(x, memory, qp, kp)
 
-    compiled = fwd.lower(params, x, memory, qp, kp).compile()
-    secs = _time(compiled, params, x, memory, qp, kp, reps=reps)
-    flops = memaug_flops(lq, memory.shape[1], h, dims.heads, dims.kv_heads, dims.memaug.depth)
-    return {"hidden": h, "heads": dims.heads, "kv_heads": dims.kv_heads, "depth": dims.memaug.depth,
-            "lq": lq, "lk": int(memory.shape[1]), "seconds": secs, "gflops": flops / 1e9,
-            "gflop_per_s": flops / 1e9 / secs, "memory": _mem_analysis(compiled)}
+    compiled = fwd.lower(abstract, *_memaug_inputs(lq, lk, h)).compile()
+    flops = memaug_flops(lq, lk, h, dims.heads, dims.kv_heads, dims.memaug.depth)
+    out = {"hidden": h, "heads": dims.heads, "kv_heads": dims.kv_heads, "depth": dims.memaug.depth,
+           "lq": lq, "lk": lk, "gflops": flops / 1e9, "memory": _mem_analysis(compiled)}
+    if run:
+        _, params = nnx.split(make())
+        x = jax.random.normal(jax.random.key(1), (1, lq, h), jnp.bfloat16)
+        memory = vm.memory[None, :, :h]  # the repository's first h channels stand in at reduced width
+        qp, kp = query_positions(vm.decayed_positions)[None], vm.memory_positions[None]
+        secs = _time(compiled, params, x, memory, qp, kp, reps=1)
+        out.update(seconds=secs, gflop_per_s=flops / 1e9 / secs)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[128, 600, 1800, 3600])
-    ap.add_argument("--full-width-max-frames", type=int, default=600, help="largest T run at 3B width (depth 1)")
+    ap.add_argument("--full-width-max-frames", type=int, default=128, help="largest T timed at 3B width (depth 1)")
+    ap.add_argument("--run-max-frames", type=int, default=600, help="largest T timed at width 256 (depth 1)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memaug_scaling.json"))
     args = ap.parse_args()
 
     cfg = MemoryConfig()  # 3B preset values: p=8, min 128 frames, uniform spatial + temporal
     reduced = MemAugDims(256, 2, 1, 1e6, MemAugConfig(depth=1))
     full1 = MemAugDims(H_3B, HEADS_3B, KV_3B, 1e6, MemAugConfig(depth=1))
-    rows = []
-    print(f"{'T':>5} {'memory':>8} {'decayed':>8} {'build s':>8} {'w256 s':>8} {'w2048 s':>8} {'3B-d4 TFLOP':>12}")
+    full4 = MemAugDims(H_3B, HEADS_3B, KV_3B, 1e6, MemAugConfig(depth=4))
+    rows, rate = [], None
+    print(f"{'T':>5} {'memory':>8} {'decayed':>8} {'build s':>8} {'w256d1 s':>9} {'3Bd1 s':>8} "
+          f"{'3Bd4 TFLOP':>10} {'3Bd4 temp GiB':>13} {'3Bd4 est s':>10}")
     for t in args.frames:
         row = {"frames": t}
         build, vm = bench_build(t, cfg)
         row.update(build, memory_tokens=int(vm.memory.shape[0]), decayed_tokens=int(vm.decayed.shape[0]),
                    decayed_frames=int(vm.frame_indices.shape[0]))
-        lq = row["decayed_tokens"] + TEXT_TOKENS
-        row["full_3b_depth4_tflops"] = memaug_flops(lq, row["memory_tokens"], H_3B, HEADS_3B, KV_3B, 4) / 1e12
-        row["memaug_reduced"] = bench_memaug(vm, reduced, reps=1)
+        row["memaug_3b_depth4"] = bench_memaug(vm, full4, run=False)
+        row["memaug_reduced"] = bench_memaug(vm, reduced, run=t <= args.run_max_frames)
         if t <= args.full_width_max_frames:
-            row["memaug_3b_depth1"] = bench_memaug(vm, full1, reps=1)
+            row["memaug_3b_depth1"] = bench_memaug(vm, full1, run=True)
+            rate = row["memaug_3b_depth1"]["gflop_per_s"]
+        if rate:  # extrapolation from the measured 3B-width throughput, labelled as such
+            row["memaug_3b_depth4"]["estimated_seconds"] = row["memaug_3b_depth4"]["gflops"] / rate
         del vm
         rows.append(row)
-        full_s = row.get("memaug_3b_depth1", {}).get("seconds", float("nan"))
+        full4_row = row["memaug_3b_depth4"]
+        temp = full4_row["memory"].get("temp_size_in_bytes", float("nan")) / 2**30
         print(f"{t:>5} {row['memory_tokens']:>8} {row['decayed_tokens']:>8} {row['build_seconds']:>8.3f} "
-              f"{row['memaug_reduced']['seconds']:>8.2f} {full_s:>8.2f} {row['full_3b_depth4_tflops']:>12.1f}", flush=True)
+              f"{row['memaug_reduced'].get('seconds', float('nan')):>9.2f} "
+              f"{row.get('memaug_3b_depth1', {}).get('seconds', float('nan')):>8.2f} "
+              f"{full4_row['gflops'] / 1e3:>10.2f} {temp:>13.2f} {full4_row.get('estimated_seconds', float('nan')):>10.0f}", flush=True)
     out = {
         "benchmark": "memaug_scaling", "text_tokens": TEXT_TOKENS, "attention_impl": "auto",
         "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
+        "load_average": list(os.getloadavg()),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "reduction": "MemAug timed at depth 1: width 256 (2 heads x 128, 1 kv head) for every T, "
-                     "3B width (2048, 16/2 heads) for T <= --full-width-max-frames; memory build at 3B width bf16",
+        "reduction": ("memory build run at 3B width (H 2048, bf16) for every T; full 3B MemAug (depth 4) "
+                      "compiled from abstract shapes for every T (XLA memory analysis, analytic FLOPs, time "
+                      "extrapolated from the measured 3B depth-1 throughput); timed runs: 3B width depth 1 for "
+                      "T <= --full-width-max-frames, width 256 (2 heads x 128, 1 kv head) depth 1 for T <= --run-max-frames"),
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,12 @@ def _vision_rules(cfg: VisionConfig, prefix: str) -> list[TensorRule]:
     return siglip_hf_rules(cfg, prefix)
 
 
+def _ignorable(key: str, tied: bool) -> bool:
+    """Keys real checkpoints may carry that hold nothing to load: a tied model's duplicate
+    ``lm_head.weight`` and SigLIP's non-persistent ``position_ids`` buffer of older exports."""
+    return (tied and key == "lm_head.weight") or key.endswith("embeddings.position_ids")
+
+
 def load_pretrained(
     path: str | Path,
     dtype: Any = jnp.float32,
@@ -126,6 +132,8 @@ def load_pretrained(
             cfg = hour_llava_config_from_hf(hf, keys, reader.shape)
             model = build_hour_llava(cfg, compute, param_dtype)
             rules = hour_llava_hf_rules(cfg)
+        tied = getattr(getattr(cfg, "llm", cfg), "tie_word_embeddings", False)
+        keys = [k for k in keys if not _ignorable(k, tied)]
         load_tensors(model, reader.get, keys, rules, dtype=param_dtype, strict=strict, place=place, source=str(path))
     return cfg, model
 

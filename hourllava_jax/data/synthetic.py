@@ -150,6 +150,8 @@ def needle_spec(
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
+    if seconds < 1:
+        raise ValueError(f"a haystack needs at least 1 second, got {seconds}")
     base = sample_video_spec(rng, name, max(seconds, 8), fps, size, HAYSTACK_COLOURS)
     events = base.events if distractors else ()
     if seconds < 8:  # short haystacks: keep only what fits
@@ -307,7 +309,7 @@ def make_qas(spec: VideoSpec, rng: np.random.Generator) -> list[QA]:
         "temporal order",
         f"Which appeared first, {_describe(ev[b])} or {_describe(ev[a])}?",
         _describe(ev[a]),
-        [_describe(x) for x in ev],
+        [_describe(ev[a]), _describe(ev[b])],  # only the two asked about: other events would be ambiguous
     )
     e = ev[int(rng.integers(len(ev)))]
     dur = (e.end - e.start) // fps

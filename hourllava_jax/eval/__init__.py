@@ -1,1 +1,1 @@
-"""eval"""
+"""Evaluation: benchmark readers, answer extraction and scoring, sharded runner, reports."""

@@ -99,7 +99,7 @@ def variable_axes(v: nnx.Variable) -> tuple[str | None, ...] | None:
 
 
 def _nest(flat: Sequence[tuple[tuple[Any, ...], Any]]) -> dict:
-    """``[(path, leaf)]`` -> nested dict, the layout of ``nnx.State.to_pure_dict()``."""
+    """``[(path, leaf)]`` -> nested dict, the layout of ``nnx.to_pure_dict(state)``."""
     out: dict = {}
     for path, leaf in flat:
         node = out
@@ -112,13 +112,13 @@ def _nest(flat: Sequence[tuple[tuple[Any, ...], Any]]) -> dict:
 def state_specs(state: nnx.State, mesh: Mesh, rules: Rules | None = None) -> dict:
     """Pure-dict tree of mesh ``PartitionSpec``s for an (abstract) ``nnx.State`` of variables."""
     flat = []
-    for path, v in state.flat_state():
+    for path, v in nnx.to_flat_state(state):
         flat.append((path, logical_to_spec(variable_axes(v), v.shape, mesh, rules)))
     return _nest(flat)
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None) -> dict:
-    """Pure-dict tree of ``NamedSharding``s matching ``state.to_pure_dict()``."""
+    """Pure-dict tree of ``NamedSharding``s matching ``nnx.to_pure_dict(state)``."""
     specs = state_specs(state, mesh, rules)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 

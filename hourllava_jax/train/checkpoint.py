@@ -47,12 +47,17 @@ class DataStateHandler(ocp.CheckpointHandler):
         (directory / name).write_text(json.dumps(args.state, indent=1))
 
     def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> dict[str, Any]:
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        path = directory / name
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise FileNotFoundError(f"{path} missing (found {found}); was the process count changed?")
-        return json.loads(path.read_text())
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        # Saved with another process count: usable only if every process saved the same state
+        # (true for position-only iterators such as InMemoryIterator, whose order is global).
+        files = sorted(directory.glob("process_*-of-*.json"))
+        states = [json.loads(f.read_text()) for f in files]
+        if states and all(st == states[0] for st in states):
+            return states[0]
+        raise FileNotFoundError(f"{path} missing and the saved per-process states {[f.name for f in files]} "
+                                "differ: this iterator cannot resume with a different process count")
 
     def finalize(self, directory: epath.Path) -> None:
         pass

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from hourllava_jax.config.base import save_yaml, to_dict
@@ -84,7 +85,7 @@ def train(
 
         # ---------------------------------------------------------------- compile
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
-        mask = trainable_mask(ini.parts.param_template.to_pure_dict(), cfg.optim)
+        mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
                                   grad_accum_steps=cfg.grad_accum_steps)
         first = next(data)

@@ -1,7 +1,7 @@
 """The train state pytree and its sharded initialisation (STYLE lesson 8).
 
 ``TrainState`` holds everything a checkpoint needs besides the data position: fp32 master
-parameters (a pure nested dict, the layout of ``nnx.State.to_pure_dict()``), the optax state,
+parameters (a pure nested dict, the layout of ``nnx.to_pure_dict(state)``), the optax state,
 the step, the base RNG key and the count of skipped (non-finite) steps. The model's structure
 (``nnx.GraphDef``) and any non-parameter variables stay outside, rebuilt from the factory.
 
@@ -66,7 +66,7 @@ def make_init_fn(cfg: TrainConfig, factory: ModelFactory, tx: optax.GradientTran
     def init() -> TrainState:
         key = jax.random.PRNGKey(cfg.seed)
         model = factory(nnx.Rngs(params=jax.random.fold_in(key, 0)))
-        params = _cast_floats(nnx.state(model, nnx.Param).to_pure_dict(), jnp.dtype(cfg.param_dtype))
+        params = _cast_floats(nnx.to_pure_dict(nnx.state(model, nnx.Param)), jnp.dtype(cfg.param_dtype))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -111,7 +111,7 @@ class Initialised:
 def create_train_state(cfg: TrainConfig, mesh: Mesh, factory: ModelFactory) -> Initialised:
     """eval_shape -> shardings -> jitted init with out_shardings (call ``.init()`` to allocate)."""
     parts = split_abstract_model(factory, cfg.seed)
-    tx = make_optimizer(cfg, parts.param_template.to_pure_dict())
+    tx = make_optimizer(cfg, nnx.to_pure_dict(parts.param_template))
     init = make_init_fn(cfg, factory, tx)
     abstract = jax.eval_shape(init)
     shardings = state_shardings(cfg, mesh, parts, tx, abstract)

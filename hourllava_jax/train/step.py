@@ -88,7 +88,7 @@ def make_train_step(
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
             # Mean of micro-batch means (as HF/DeepSpeed accumulation does).
             loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, aux, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         # Frozen params are never touched (not even by `p + 0`, which would flip -0.0 to +0.0).

@@ -264,3 +264,14 @@ def test_unsupported_codec(tmp_path):
 def test_timeout(good_mp4):
     assert _reason(good_mp4, timeout_s=1e-6) == errors.DECODE_TIMEOUT
     assert decode_video(good_mp4, timeout_s=30).frames.shape == (90, 384, 384, 3)
+
+
+def test_timeout_inside_the_decode_loop(good_mp4, monkeypatch):
+    """The budget is checked per packet: a clock that advances 1 s per reading trips mid-decode."""
+    import hourllava_jax.data.video as video
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(video, "_clock", lambda: float(next(clock)))
+    with pytest.raises(DataError) as e:
+        decode_video(good_mp4, timeout_s=20)  # probe checks every 256 packets: it gets through
+    assert e.value.reason == errors.DECODE_TIMEOUT and "decoding exceeded 20.0 s" in str(e.value)

@@ -29,6 +29,11 @@ def model(cfg):
     return HourLlava(cfg, rngs=nnx.Rngs(0))
 
 
+@nnx.jit
+def _forward(model, batch):
+    return model(batch)
+
+
 def _sample(rng, cfg, frames, length, ph_at, supervised_from):
     ids = rng.integers(3, cfg.llm.vocab_size, length).astype(np.int32)
     ids[ph_at] = IMG
@@ -62,14 +67,14 @@ def test_padded_batch_matches_single_sample_reference(cfg, model):
     rng = np.random.default_rng(0)
     samples = [_sample(rng, cfg, 20, 30, 9, 14), _sample(rng, cfg, 9, 23, 4, 12)]
     batch = {k: jnp.asarray(v) for k, v in collate(samples).items()}
-    logits, labels = model(batch)
+    logits, labels = _forward(model, batch)
     for i, s in enumerate(samples):
         ref = _reference_logits(model, cfg, s)
         n = ref.shape[0]
         np.testing.assert_allclose(np.asarray(logits[i, :n]), ref, atol=2e-5, rtol=1e-5)
         assert (np.asarray(labels[i, n:]) == -100).all()
         # Each sample alone (different padding) gives the same logits.
-        alone, _ = model({k: jnp.asarray(v) for k, v in collate([s]).items()})
+        alone, _ = _forward(model, {k: jnp.asarray(v) for k, v in collate([s]).items()})
         np.testing.assert_allclose(np.asarray(alone[0, :n]), np.asarray(logits[i, :n]), atol=2e-5, rtol=1e-5)
 
 
@@ -77,7 +82,7 @@ def test_labels_follow_the_splice(cfg, model):
     rng = np.random.default_rng(1)
     s = _sample(rng, cfg, 16, 20, 3, 10)
     batch = {k: jnp.asarray(v) for k, v in collate([s]).items()}
-    _, labels = model(batch)
+    _, labels = _forward(model, batch)
     n_vis = len(s.layout.decayed[0])
     want = np.concatenate([s.labels[:3], np.full(n_vis, -100), s.labels[4:]])
     np.testing.assert_array_equal(np.asarray(labels[0, : len(want)]), want)
@@ -96,7 +101,7 @@ def test_gradients_reach_every_trainable_part(cfg):
     def f(p):
         return loss_fn(nnx.merge(graphdef, p, rest), batch)[0]
 
-    grads = jax.grad(f)(params)
+    grads = jax.jit(jax.grad(f))(params)
     norms = {k: float(optax_norm(v)) for k, v in grads.items()}
     for part in ("vision_tower", "projector", "image_newline", "memaug", "llm"):
         assert norms[part] > 0, (part, norms)

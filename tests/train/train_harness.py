@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.parallel.rules import use_rules
@@ -43,7 +44,7 @@ def run_steps(cfg: TrainConfig, mesh, n: int, *, batches=None, init_state=None):
         ini = create_train_state(cfg, mesh, factory)
         state = ini.init() if init_state is None else init_state
         params0 = host_tree(state.params)
-        mask = trainable_mask(ini.parts.param_template.to_pure_dict(), cfg.optim)
+        mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step = make_train_step(ini.parts, ini.parts.rest, ini.tx, loss_fn, mask,
                                compute_dtype=cfg.compute_dtype, grad_accum_steps=cfg.grad_accum_steps)
         if batches is None:
