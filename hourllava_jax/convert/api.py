@@ -58,10 +58,6 @@ def detect_architecture(hf_config: dict[str, Any], source: str = "config.json") 
     )
 
 
-def _dtype(dtype: Any) -> jnp.dtype:
-    return jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float32)
-
-
 def _vision_prefix(keys: list[str]) -> str:
     return "vision_model." if any(k.startswith("vision_model.") for k in keys) else ""
 
@@ -106,13 +102,14 @@ def load_pretrained(
 ) -> tuple[Any, nnx.Module]:
     """Loads an HF directory. Returns ``(config, model)``.
 
-    ``dtype`` is the parameter dtype (tensors are cast to it); ``compute_dtype`` the activation
+    ``dtype`` is the parameter dtype (tensors are cast to it; None keeps the checkpoint's
+    floating dtype, read from its first tensor); ``compute_dtype`` the activation
     dtype (default: ``dtype``). ``place(path, array)`` places each parameter (e.g. with its
     sharding; see ``hourllava_jax.parallel``); default: the default device.
     """
-    param_dtype = _dtype(dtype)
-    compute = _dtype(compute_dtype) if compute_dtype is not None else param_dtype
     with CheckpointReader(path) as reader:
+        param_dtype = jnp.dtype(dtype) if dtype is not None else reader.dtype(reader.keys()[0])
+        compute = jnp.dtype(compute_dtype) if compute_dtype is not None else param_dtype
         hf = reader.config()
         kind = detect_architecture(hf, str(Path(path) / "config.json"))
         keys = reader.keys()

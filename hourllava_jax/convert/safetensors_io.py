@@ -89,6 +89,14 @@ class CheckpointReader:
             self._handles[f] = self._open(f)
         return tuple(self._handles[f].get_slice(key).get_shape())
 
+    def dtype(self, key: str) -> np.dtype:
+        """The stored dtype of ``key`` (read from the header, no data loaded)."""
+        f = self._key_file[key]
+        if f not in self._handles:
+            self._handles[f] = self._open(f)
+        name = self._handles[f].get_slice(key).get_dtype()
+        return np.dtype({"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}.get(name, name.lower()))
+
     def config(self) -> dict[str, Any]:
         cfg = self.path / "config.json"
         if not cfg.is_file():

@@ -281,57 +281,72 @@ def should_seek(index: VideoIndex, indices: np.ndarray) -> bool:
 
 
 class _SeekMiss(Exception):
-    """A seek landed past the frame it was meant for; the caller decodes sequentially instead."""
+    """A seek landed past the frames it was meant for; the caller decodes sequentially instead."""
 
 
-def _decode_selected(container, stream, index: VideoIndex, want_pts: np.ndarray, *, allow_seek: bool,
-                     size: int | None, deadline: _Deadline, path: Path) -> dict[int, np.ndarray]:
-    """Decodes the frames with pts in ``want_pts`` (sorted unique) -> {pts: uint8[h, w, 3]}."""
-    cc = stream.codec_context
-    skip_nonref = cc.name in _NONREF_SKIP_CODECS
-    want = set(int(p) for p in want_pts)
-    pos_of_pts = dict(zip(index.pts.tolist(), index.decode_pos.tolist()))
-    display_of_pts = dict(zip(index.pts.tolist(), range(index.num_frames)))
-    pos_to_pts = np.empty_like(index.pts)
-    pos_to_pts[index.decode_pos] = index.pts  # decode position -> pts
-    gop = _gop_start(index)
-    got: dict[int, np.ndarray] = {}
-    frames_iter = None
-    sent = -1  # decode position of the last packet given to the decoder
+class _Decoder:
+    """Feeds packets to the decoder and keeps the wanted frames, converted (shared by both modes)."""
 
-    def frames_from_here():
-        nonlocal sent
-        for packet in container.demux(stream):
-            deadline.check("decoding")
-            if packet.size and packet.pts is not None:
-                sent = pos_of_pts.get(int(packet.pts), sent)
-                if skip_nonref:
-                    cc.skip_frame = "DEFAULT" if int(packet.pts) in want else "NONREF"
-            yield from packet.decode()
+    def __init__(self, container, stream, index: VideoIndex, want_pts: np.ndarray, size: int | None,
+                 deadline: _Deadline):
+        self.container, self.stream, self.cc = container, stream, stream.codec_context
+        self.skip_nonref = self.cc.name in _NONREF_SKIP_CODECS
+        self.want = set(want_pts.tolist())
+        self.size, self.deadline = size, deadline
+        self.pos_of_pts = dict(zip(index.pts.tolist(), index.decode_pos.tolist()))
+        self.got: dict[int, np.ndarray] = {}
 
-    for target in want_pts.tolist():
-        if target in got:
-            continue
-        g = int(gop[display_of_pts[target]])
-        if frames_iter is None or (allow_seek and g > sent):
-            if allow_seek and (frames_iter is not None or g > 0):
-                container.seek(int(pos_to_pts[g]), stream=stream, backward=True, any_frame=False)
-            frames_iter = frames_from_here()
-            sent = -1
-        for frame in frames_iter:
-            if frame.pts is None:
-                continue
-            if frame.pts in want and frame.pts not in got:
-                deadline.check("converting")
-                got[frame.pts] = resize_rgb(frame.to_ndarray(format="rgb24"), size)
-            if frame.pts >= target:
+    def _keep(self, frames) -> None:
+        for frame in frames:
+            if frame.pts in self.want and frame.pts not in self.got:
+                self.deadline.check("converting")
+                self.got[frame.pts] = resize_rgb(frame.to_ndarray(format="rgb24"), self.size)
+
+    def run(self, wanted: set[int], last_pos: int) -> None:
+        """Demuxes from the current position until every pts in ``wanted`` was sent, then drains.
+
+        Draining (sending end-of-stream) makes a frame-threaded decoder hand over its last
+        frames at once instead of after ``thread_count`` more packets. Stops early, leaving
+        frames missing, once past decode position ``last_pos`` (a seek that landed too late).
+        """
+        pending = set(wanted)
+        for packet in self.container.demux(self.stream):
+            self.deadline.check("decoding")
+            if packet.size == 0:  # end of stream: this packet's decode() drains the decoder
+                self._keep(packet.decode())
+                return
+            pts = packet.pts
+            if self.skip_nonref:
+                self.cc.skip_frame = "DEFAULT" if pts in self.want else "NONREF"
+            self._keep(packet.decode())
+            pending.discard(pts)
+            if not pending or self.pos_of_pts.get(pts, -1) > last_pos:
                 break
-        if target not in got:
-            if allow_seek:
-                raise _SeekMiss(target)
-            raise DataError(path, errors.CORRUPT_VIDEO,
-                            f"frame {display_of_pts[target]} (pts {target}) did not decode; the file may be truncated")
-    return got
+        self._keep(self.cc.decode(None))
+
+
+def _decode_sequential(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -> None:
+    """One pass from the first frame to the last wanted one (long GOPs: every frame is a reference)."""
+    dec.run(set(want_pts.tolist()), int(index.decode_pos.max()))
+
+
+def _decode_by_seeking(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -> None:
+    """Per GOP holding wanted frames: seek to its keyframe, decode up to the last wanted frame."""
+    display_of_pts = np.searchsorted(index.pts, want_pts)
+    gop = _gop_start(index)[display_of_pts]
+    pos = index.decode_pos[display_of_pts]
+    pos_to_pts = np.empty_like(index.pts)
+    pos_to_pts[index.decode_pos] = index.pts
+    for g in np.unique(gop).tolist():
+        in_gop = gop == g
+        group = set(want_pts[in_gop].tolist())
+        if group <= dec.got.keys():
+            continue
+        if g > 0 or dec.got:
+            dec.container.seek(int(pos_to_pts[g]), stream=dec.stream, backward=True, any_frame=False)
+        dec.run(group, int(pos[in_gop].max()))
+        if not group <= dec.got.keys():
+            raise _SeekMiss(g)
 
 
 def decode_video(
@@ -365,14 +380,15 @@ def decode_video(
         raise ValueError(f"{path}: frame indices out of range [0, {index.num_frames})")
     want_pts = np.unique(index.pts[indices])
     allow_seek = should_seek(index, indices)
-    got = None
-    for attempt_seek in ((True, False) if allow_seek else (False,)):
+    got: dict[int, np.ndarray] = {}
+    for seeking in ((True, False) if allow_seek else (False,)):
         container, stream = _open(path, timeout_s)
         try:
             stream.codec_context.thread_type = "AUTO"
             stream.codec_context.thread_count = threads
-            got = _decode_selected(container, stream, index, want_pts, allow_seek=attempt_seek, size=size,
-                                   deadline=deadline, path=path)
+            dec = _Decoder(container, stream, index, want_pts, size, deadline)
+            (_decode_by_seeking if seeking else _decode_sequential)(dec, index, want_pts)
+            got = dec.got
             break
         except _SeekMiss:
             continue  # seeking is unreliable on this file: decode it sequentially instead
@@ -382,7 +398,11 @@ def decode_video(
             raise DataError(path, errors.CORRUPT_VIDEO, f"decoding failed ({e})") from e
         finally:
             container.close()
-    assert got is not None
+    missing = [int(p) for p in want_pts if int(p) not in got]
+    if missing:
+        i = int(np.searchsorted(index.pts, missing[0]))
+        raise DataError(path, errors.CORRUPT_VIDEO,
+                        f"{len(missing)} selected frames did not decode (first: frame {i}, pts {missing[0]}); truncated?")
     if len(indices):
         frames = np.stack([got[int(p)] for p in index.pts[indices]])
     else:

@@ -275,3 +275,21 @@ def test_timeout_inside_the_decode_loop(good_mp4, monkeypatch):
     with pytest.raises(DataError) as e:
         decode_video(good_mp4, timeout_s=20)  # probe checks every 256 packets: it gets through
     assert e.value.reason == errors.DECODE_TIMEOUT and "decoding exceeded 20.0 s" in str(e.value)
+
+
+def test_a_seek_that_lands_wrong_falls_back_to_sequential(clips, monkeypatch):
+    """Pretend every frame's GOP starts at the last keyframe: seeks land past the wanted frames."""
+    import hourllava_jax.data.video as video
+
+    path = clips["h264_mp4"]
+    index = probe_video(path)
+    assert should_seek(index, index.select(min_frames=0))
+    last_key = int(np.flatnonzero(index.keyframe)[-1])
+    monkeypatch.setattr(video, "_gop_start", lambda ix: np.full(ix.num_frames, last_key))
+    calls = []
+    real = video._decode_sequential
+    monkeypatch.setattr(video, "_decode_sequential", lambda *a: calls.append(1) or real(*a))
+    v = decode_video(path, min_frames=0, size=None)
+    assert calls == [1]
+    ref = naive_frames(path)
+    np.testing.assert_array_equal(v.frames, np.stack([ref[i] for i in [0, 30, 60, 90]]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
@@ -25,10 +26,16 @@ CORPUS = [
 ]
 
 
-def tiny_model(seed: int = 0):
-    """(config, HourLlava) of ``configs/model/tiny.yaml``, random init."""
+def tiny_model(seed: int = 0, llm_scale: float = 8.0):
+    """(config, HourLlava) of ``configs/model/tiny.yaml``, random init. The LLM's matrices are
+    scaled by ``llm_scale``: greedy decoding of an N(0, 0.02) model repeats one token, and the
+    tests want varied answers (as tests/model/qwen2_ref.py's ``weight_scale``)."""
     cfg = load_model_config("tiny")
-    return cfg, HourLlava(cfg, rngs=nnx.Rngs(seed))
+    model = HourLlava(cfg, rngs=nnx.Rngs(seed))
+    if llm_scale != 1.0:
+        st = nnx.state(model.llm, nnx.Param)
+        nnx.update(model.llm, jax.tree.map(lambda x: x * llm_scale if x.ndim == 2 else x, st))
+    return cfg, model
 
 
 def tiny_tokenizer(out_dir: Path):

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from hourllava_jax.config import MemAugConfig, load_model_config
-from hourllava_jax.model.memaug import MemAug, MemAugDims, memaug_hf_rules
+from hourllava_jax.model.memaug import MemAug, MemAugDims, memaug_hf_rules, query_positions
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the reference importable
 
@@ -150,3 +150,18 @@ def test_bad_inputs_raise():
         model(jnp.zeros((1, 3, 16)), mem, jnp.zeros((1, 3), jnp.int32), jnp.zeros((1, 4), jnp.int32))
     with pytest.raises(ValueError, match="kv_heads"):
         MemAug(_dims(32, 4, 3), rngs=nnx.Rngs(0))
+
+
+def test_query_positions_by_hand():
+    # 8 prefix tokens, a video whose decayed ids are [0, 2, 64, 455], then 3 text tokens.
+    pos, vis = query_positions([8, 3], [np.array([0, 2, 64, 455])])
+    np.testing.assert_array_equal(pos, [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 72, 463, 464, 465, 466])
+    np.testing.assert_array_equal(vis, [8, 9, 10, 11])
+    # n0 = 8: each decayed token sits 8 ahead of its memory id.
+    np.testing.assert_array_equal(pos[vis] - np.array([0, 2, 64, 455]), 8)
+    # Two images, an empty middle text segment: the second block continues from the first's max.
+    pos, vis = query_positions([2, 0, 1], [np.array([1, 4]), np.array([5, 8])])
+    np.testing.assert_array_equal(pos, [0, 1, 3, 6, 12, 15, 16])
+    np.testing.assert_array_equal(vis, [2, 3, 4, 5])
+    with pytest.raises(ValueError, match="n\\+1"):
+        query_positions([1], [np.array([0])])
