@@ -13,6 +13,7 @@ replacing :func:`build_model_and_loss` (and :func:`build_data` once the grain pi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from hourllava_jax.config.base import ConfigError  # noqa: E402
 from hourllava_jax.parallel import axes as ax  # noqa: E402
 from hourllava_jax.parallel.rules import constrain  # noqa: E402
 from hourllava_jax.train.config import TrainConfig, load_train_config  # noqa: E402
@@ -131,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coordinator", help="host:port of process 0 (only where jax cannot auto-detect the cluster)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
+    p.add_argument("--compile-cache", default=os.environ.get("HOURLLAVA_JAX_CACHE"),
+                   help="persistent XLA compile cache directory (default: $HOURLLAVA_JAX_CACHE; none if unset)")
     p.add_argument("--stop-after", type=int, help="stop after this many steps of this run (checkpoint saved)")
     p.add_argument("--debug-step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # test hook
     return p.parse_args(argv)
@@ -138,12 +142,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from hourllava_jax.train import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     from hourllava_jax.train.loop import train
 
-    cfg = load_train_config(args.config, args.overrides)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+    except ConfigError as e:  # a config mistake deserves one line, not a traceback
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     factory, loss_fn = build_model_and_loss(cfg)
     hook = None
     if args.debug_step_sleep > 0:

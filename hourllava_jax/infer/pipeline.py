@@ -139,7 +139,8 @@ class VideoQA:
         if frame_chunk < 1:
             raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
         self.model, self.config, self.tokenizer = model, config, tokenizer
-        self.cache = MemoryCache() if cache is None or cache is True else (cache or None)
+        # Not ``cache or None``: an empty MemoryCache has len() 0 and is falsy.
+        self.cache = MemoryCache() if cache is None or cache is True else (None if cache is False else cache)
         self.fps, self.min_frames, self.max_frames = fps, min_frames, max_frames
         self.frame_chunk, self.text_bucket, self.unit_bucket = frame_chunk, text_bucket, unit_bucket
         self.forgetting, self.forgetting_seed = forgetting, forgetting_seed

@@ -102,9 +102,10 @@ class SelfAttention(nnx.Module):
 class CrossAttention(nnx.Module):
     """GQA cross-attention from the query to the memory: ``Wq``, ``Wkv`` laid out [k | v], ``Wo``."""
 
-    def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
+    def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, mesh=None):
         h, d, std = dims.hidden, dims.head_dim, dims.memaug.init_std
         self.dims = dims
+        self.mesh = mesh  # with a ``memory`` axis: keys/values split along Lk (memory-parallel)
         self.Wq = _linear(h, dims.heads * d, (EMBED, HEADS), std, rngs, dtype, param_dtype)
         self.Wkv = _linear(h, 2 * dims.kv_heads * d, (EMBED, KV_HEADS), std, rngs, dtype, param_dtype)
         self.Wo = _linear(h, h, (HEADS, EMBED), std, rngs, dtype, param_dtype)
@@ -119,7 +120,7 @@ class CrossAttention(nnx.Module):
         k = kv[..., : nk * d].reshape(b, lk, nk, d)
         v = kv[..., nk * d :].reshape(b, lk, nk, d)
         q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
-        o = attention(q, k, v, kv_mask=kv_mask, impl=self.dims.attention_impl)
+        o = attention(q, k, v, kv_mask=kv_mask, impl=self.dims.attention_impl, mesh=self.mesh)
         return self.Wo(o.reshape(b, lq, nh * d))
 
 
@@ -138,11 +139,11 @@ class MLP(nnx.Module):
 class MemAugBlock(nnx.Module):
     """One post-norm block (SPEC §1.5)."""
 
-    def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
+    def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, mesh=None):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         eps = dims.memaug.layer_norm_eps
         self.self_attn = SelfAttention(dims, **kw)
-        self.cross_attn = CrossAttention(dims, **kw)
+        self.cross_attn = CrossAttention(dims, **kw, mesh=mesh)
         self.mlp = MLP(dims, **kw)
         self.norm1 = _layer_norm(dims.hidden, eps, rngs, dtype, param_dtype)
         self.norm2 = _layer_norm(dims.hidden, eps, rngs, dtype, param_dtype)
@@ -161,9 +162,11 @@ class MemAug(nnx.Module):
       cfg: the whole-model config (widths from its LLM) or an explicit :class:`MemAugDims`.
       dtype: compute dtype (default: ``cfg.dtype`` for a HourLlavaConfig, else float32);
       param_dtype: parameter dtype (default: ``cfg.param_dtype``, else float32).
+      mesh: optional; if it has a ``memory`` axis of size > 1 the cross-attention runs
+        memory-parallel (``kernels.attention(mesh=...)``: K/V split along the memory tokens).
     """
 
-    def __init__(self, cfg: HourLlavaConfig | MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=None):
+    def __init__(self, cfg: HourLlavaConfig | MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=None, mesh=None):
         if isinstance(cfg, HourLlavaConfig):
             dims = MemAugDims.from_config(cfg)
             dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
@@ -176,7 +179,7 @@ class MemAug(nnx.Module):
         self.dims = dims
         self.dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
         param_dtype = jnp.float32 if param_dtype is None else param_dtype
-        self.layers = nnx.List([MemAugBlock(dims, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
+        self.layers = nnx.List([MemAugBlock(dims, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype, mesh=mesh)
                                 for _ in range(dims.memaug.depth)])
 
     def __call__(self, x: jax.Array, memory: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,

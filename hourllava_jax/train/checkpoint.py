@@ -78,6 +78,12 @@ class DataStateRestore(ocp.args.CheckpointArgs):
     pass
 
 
+def _all_processes(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.asarray(multihost_utils.process_allgather(np.array([int(ok)], np.int32))).min())
+
+
 # --------------------------------------------------------------------------------------------------
 # The manager.
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +98,9 @@ class Checkpointer:
     """Saves and restores ``(TrainState, data-iterator state)`` under ``directory``."""
 
     def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
-        self.directory = epath.Path(Path(directory).resolve())  # tensorstore wants absolute paths
+        # tensorstore wants absolute paths; gs:// and other URLs pass through as they are.
+        is_url = "://" in str(directory)
+        self.directory = epath.Path(directory) if is_url else epath.Path(Path(directory).resolve())
         self.every = every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -130,20 +138,25 @@ class Checkpointer:
         """
         target = _state_dict(abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
+            result, error = None, None
             try:
                 out = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=DataStateRestore())
                 )
                 state = TrainState(**out["state"])
                 if int(jax.device_get(state.step)) != step:
-                    raise ValueError(f"checkpoint {step} holds step {int(state.step)}")
-                return state, dict(out["data"]), step
+                    raise ValueError(f"checkpoint {step} holds step {int(jax.device_get(state.step))}")
+                result = (state, dict(out["data"]), step)
             except Exception as e:  # noqa: BLE001 - any failure means "unusable", fall back
-                log.warning("checkpoint %s under %s failed to restore (%s: %s); falling back to the previous one",
-                            step, self.directory, type(e).__name__, e)
-                print(f"WARNING: checkpoint {step} is unusable ({type(e).__name__}: {str(e)[:300]}); "
-                      "falling back to the previous one", flush=True)
-                self._quarantine(step)
+                error = f"{type(e).__name__}: {e}"
+            # Every process must take the same checkpoint (later saves are collective).
+            if _all_processes(error is None):
+                return result
+            error = error or "another process failed to restore it"
+            log.warning("checkpoint %s under %s failed to restore (%s); falling back to the previous one",
+                        step, self.directory, error)
+            print(f"WARNING: checkpoint {step} is unusable ({error[:300]}); falling back to the previous one", flush=True)
+            self._quarantine(step)
         return None
 
     def _quarantine(self, step: int) -> None:

@@ -140,3 +140,31 @@ def test_placeholder_count_must_match_visual_inputs(cfg):
     bad = dataclasses.replace(s, input_ids=np.where(s.input_ids == IMG, 5, s.input_ids))
     with pytest.raises(ValueError, match="0 <image> placeholder"):
         collate([bad])
+
+
+def test_one_compile_per_bucket(cfg, model):
+    """Samples of different lengths that fall in one bucket reuse the compiled program."""
+    rng = np.random.default_rng(5)
+
+    @nnx.jit
+    def fwd(m, b):
+        return m(b)
+
+    shapes = set()
+    for frames, length, ph in ((12, 30, 3), (16, 41, 7), (9, 25, 2)):
+        batch = {k: jnp.asarray(v) for k, v in collate([_sample(rng, cfg, frames, length, ph, ph + 4)]).items()}
+        shapes.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
+        fwd(model, batch)
+    assert len(shapes) == 1
+    assert fwd.jitted_fn._cache_size() == 1
+
+
+def test_bf16_compute_tracks_fp32(cfg):
+    m32 = HourLlava(cfg, rngs=nnx.Rngs(7))
+    m16 = HourLlava(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(7))
+    rng = np.random.default_rng(6)
+    batch = {k: jnp.asarray(v) for k, v in collate([_sample(rng, cfg, 8, 20, 2, 8)]).items()}
+    l32 = np.asarray(_forward(m32, batch)[0])
+    l16 = np.asarray(_forward(m16, batch)[0]).astype(np.float32)
+    assert _forward(m16, batch)[0].dtype == jnp.bfloat16
+    np.testing.assert_allclose(l16, l32, atol=0.1)

@@ -165,3 +165,19 @@ def test_query_positions_by_hand():
     np.testing.assert_array_equal(vis, [2, 3, 4, 5])
     with pytest.raises(ValueError, match="n\\+1"):
         query_positions([1], [np.array([0])])
+
+
+def test_memory_parallel_cross_attention_matches():
+    """A mesh with a ``memory`` axis splits the memory over devices; the result is unchanged."""
+    if len(jax.devices()) < 2:
+        pytest.skip("needs 2 devices")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("memory",), axis_types=(jax.sharding.AxisType.Auto,))
+    dims = _dims(32, 4, 2)
+    plain = MemAug(dims, rngs=nnx.Rngs(0))
+    split = MemAug(dims, rngs=nnx.Rngs(0), mesh=mesh)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 5, 32)), jnp.float32)
+    mem = jnp.asarray(rng.standard_normal((2, 12, 32)), jnp.float32)
+    km = jnp.asarray(np.arange(12)[None] < np.array([[12], [9]]))
+    pq, pk = jnp.tile(jnp.arange(5)[None], (2, 1)), jnp.tile(jnp.arange(12)[None], (2, 1))
+    np.testing.assert_allclose(split(x, mem, pq, pk, kv_mask=km), plain(x, mem, pq, pk, kv_mask=km), atol=1e-5)
