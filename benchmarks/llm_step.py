@@ -70,7 +70,7 @@ def time_torch(hf, ids_np, repeats: int) -> dict:
             ts.append(time.perf_counter() - t0)
         return min(ts)
 
-    loss = float(fwd_bwd())
+    loss = float(fwd_bwd().detach())
     return {"forward_s": best(fwd), "forward_backward_s": best(fwd_bwd), "loss": loss}
 
 
@@ -95,11 +95,12 @@ def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--impls", default="chunked,reference", help="JAX attention impls to time")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--impls", default="chunked", help="JAX attention impls to time, comma-separated (chunked,reference)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_step.json"))
     args = ap.parse_args()
+    load0 = os.getloadavg()
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -112,19 +113,23 @@ def main() -> None:
     ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (args.batch, args.seq))
     f_fwd, f_fb = flops(CFG, n_matmul, args.batch, args.seq)
 
+    # The machine is shared: the peak is measured right before each framework's timing and
+    # efficiency is reported against that adjacent peak (plus one at the start for the record).
     peak = measure_matmul_peak(jnp.float32)
     results = {}
     for impl in args.impls.split(","):
         model = Qwen2(CFG, attention_impl=impl, rngs=nnx.Rngs(0))
         params_from_tensors(model, tensors, qwen2_hf_rules(CFG))
-        results[f"jax_{impl}"] = time_jax(model, ids, args.repeats)
+        adjacent = measure_matmul_peak(jnp.float32, n=1024, repeats=3)["gflops"]
+        results[f"jax_{impl}"] = time_jax(model, ids, args.repeats) | {"adjacent_peak_gflops": adjacent}
         del model
-    results["torch_sdpa"] = time_torch(hf.train(), ids, args.repeats)  # train(): dropout is 0 anyway
+    adjacent = measure_matmul_peak(jnp.float32, n=1024, repeats=3)["gflops"]
+    results["torch_sdpa"] = time_torch(hf.train(), ids, args.repeats) | {"adjacent_peak_gflops": adjacent}  # dropout is 0
     for r in results.values():
         r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
         r["forward_backward_gflops"] = f_fb / r["forward_backward_s"] / 1e9
-        r["forward_frac_of_peak"] = r["forward_gflops"] / peak["gflops"]
-        r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / peak["gflops"]
+        r["forward_frac_of_peak"] = r["forward_gflops"] / r["adjacent_peak_gflops"]
+        r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / r["adjacent_peak_gflops"]
         r["tokens_per_s_fwd_bwd"] = args.batch * args.seq / r["forward_backward_s"]
     out = {
         "what": "Qwen2 ~100M fp32 step on CPU: hourllava_jax vs transformers (same weights)",
@@ -133,7 +138,8 @@ def main() -> None:
         "params_total": int(n_total), "params_matmul": int(n_matmul), "batch": args.batch, "seq": args.seq,
         "flops_forward": f_fwd, "flops_forward_backward": f_fb, "matmul_peak_f32": peak, "results": results,
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+        "cpu_count": os.cpu_count(), "load_avg_at_start": load0, "load_avg_at_end": os.getloadavg(),
+        "note": "2 shared cores: compare frameworks within one run; absolute numbers vary with load",
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -203,9 +203,7 @@ class SampleBuilder:
     @property
     def tokenizer(self):
         if self._tok is None:
-            from hourllava_jax.data.tokenizer import load_tokenizer
-
-            self._tok = load_tokenizer(self.tokenizer_dir)
+            self._tok = _load_light_tokenizer(self.tokenizer_dir)
         return self._tok
 
     @property
@@ -288,6 +286,46 @@ class SampleBuilder:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), epoch), source_index)
         layout = video_layout(len(idx), self.memory, key=key)
         return Sample(tok.input_ids, tok.labels, np.asarray(feats[idx], np.float32), layout)
+
+
+class _LightTokenizer:
+    """The slice of a HF fast tokenizer that ``chat.py`` uses, over ``tokenizers.Tokenizer``.
+
+    Importing ``transformers`` costs seconds per grain worker (12 s wall on a loaded 2-core
+    machine); ``tokenizer.json`` holds everything encoding needs (added tokens included), and the
+    ids are those of ``PreTrainedTokenizerFast.encode(text, add_special_tokens=False)``.
+    """
+
+    unk_token_id = None
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._t = Tokenizer.from_file(str(path))
+        self.name_or_path = str(path.parent)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._t.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self._t.token_to_id(token)
+
+    def __len__(self) -> int:
+        return self._t.get_vocab_size(with_added_tokens=True)
+
+
+def _load_light_tokenizer(tokenizer_dir: str | Path):
+    """``_LightTokenizer`` when the directory has ``tokenizer.json``, else ``load_tokenizer``."""
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    if path.is_file():
+        from hourllava_jax.data.tokenizer import chat_token_ids
+
+        tok = _LightTokenizer(path)
+        chat_token_ids(tok)  # fail now if the chat ids are missing
+        return tok
+    from hourllava_jax.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
 
 
 @functools.lru_cache(maxsize=4096)

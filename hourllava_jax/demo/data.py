@@ -50,8 +50,7 @@ def make_split(root: str | Path, spec: SplitSpec, *, size: int = 64) -> list[Rec
     if not (root / RECORDS).is_file():
         make_needle_dataset(root, seed=spec.seed, lengths=spec.lengths, depths=spec.depths, repeats=spec.repeats,
                             size=size, records_name=RECORDS)
-    records, _ = load_records(root / RECORDS)
-    return records
+    return load_records(root / RECORDS)
 
 
 def make_tokenizer(records: Sequence[Record], out_dir: str | Path, vocab_size: int):

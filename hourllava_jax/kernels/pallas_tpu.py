@@ -127,20 +127,32 @@ def _prepare(q, k, v, q_ids, kv_ids, bq, bk):
     return pad(q, lqp), pad(k, lkp), pad(v, lkp), q_ids[:, :, None], kv_ids[:, None, :]
 
 
-def _specs(bq, bk, d, g, *, q_axis, k_axis, g_axis):
-    """BlockSpecs of (q-like, kv, q_ids, kv_ids, row-stat) operands for a grid with the given axes."""
+def _specs(bq, bk, d, g, *, q_axis, k_axis, g_axis, causal=False, clamp=None, nq=1):
+    """BlockSpecs of (q-like, kv, q_ids, kv_ids, row-stat) operands for a grid with the given axes.
 
-    def q_map(*idx):
-        return (idx[0], idx[1] * g + idx[g_axis], idx[q_axis], 0)
+    clamp ("k" or "q"): for causal attention, the reduction operand's tile index is clamped to the
+    last (first) tile that is visible, so skipped tiles repeat the previous block index and
+    Pallas issues no DMA for them. Visible tiles keep their own index, so results are unchanged.
+    """
 
-    def k_map(*idx):
-        return (idx[0], idx[1], idx[k_axis], 0)
+    def q_tile(idx):
+        i = idx[q_axis]
+        if causal and clamp == "q":
+            first = jax.lax.div(jnp.maximum(idx[k_axis] * bk - idx[-1][idx[0]], 0), bq)
+            i = jnp.minimum(jnp.maximum(i, first), nq - 1)
+        return i
 
-    q_spec = pl.BlockSpec((None, None, bq, d), q_map)
-    kv_spec = pl.BlockSpec((None, None, bk, d), k_map)
-    qid_spec = pl.BlockSpec((None, bq, 1), lambda *idx: (idx[0], idx[q_axis], 0))
-    kid_spec = pl.BlockSpec((None, 1, bk), lambda *idx: (idx[0], 0, idx[k_axis]))
-    row_spec = pl.BlockSpec((None, None, bq, 1), q_map)
+    def k_tile(idx):
+        j = idx[k_axis]
+        if causal and clamp == "k":
+            j = jnp.minimum(j, jax.lax.div(jnp.maximum(idx[q_axis] * bq + bq - 1 + idx[-1][idx[0]], 0), bk))
+        return j
+
+    q_spec = pl.BlockSpec((None, None, bq, d), lambda *idx: (idx[0], idx[1] * g + idx[g_axis], q_tile(idx), 0))
+    kv_spec = pl.BlockSpec((None, None, bk, d), lambda *idx: (idx[0], idx[1], k_tile(idx), 0))
+    qid_spec = pl.BlockSpec((None, bq, 1), lambda *idx: (idx[0], q_tile(idx), 0))
+    kid_spec = pl.BlockSpec((None, 1, bk), lambda *idx: (idx[0], 0, k_tile(idx)))
+    row_spec = pl.BlockSpec((None, None, bq, 1), lambda *idx: (idx[0], idx[1] * g + idx[g_axis], q_tile(idx), 0))
     return q_spec, kv_spec, qid_spec, kid_spec, row_spec
 
 
@@ -155,7 +167,7 @@ def pallas_tpu_fwd(q, k, v, q_offset, q_ids, kv_ids, *, scale, causal, block_q, 
     g = h // kh
     qt, kt, vt, qid, kid = _prepare(q, k, v, q_ids, kv_ids, block_q, block_k)
     nq, nk = qt.shape[2] // block_q, kt.shape[2] // block_k
-    q_spec, kv_spec, qid_spec, kid_spec, row_spec = _specs(block_q, block_k, d, g, q_axis=3, k_axis=4, g_axis=2)
+    q_spec, kv_spec, qid_spec, kid_spec, row_spec = _specs(block_q, block_k, d, g, q_axis=3, k_axis=4, g_axis=2, causal=causal, clamp="k")
     kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, bq=block_q, bk=block_k, nk=nk)
     o, lse = pl.pallas_call(
         kernel,
@@ -194,7 +206,7 @@ def pallas_tpu_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causa
     opts = dict(scale=scale, causal=causal, bq=block_q, bk=block_k)
     operands = (q_offset, qt, kt, vt, qid, kid, dot_, lse_t, delta_t)
 
-    q_spec, kv_spec, qid_spec, kid_spec, row_spec = _specs(block_q, block_k, d, g, q_axis=3, k_axis=4, g_axis=2)
+    q_spec, kv_spec, qid_spec, kid_spec, row_spec = _specs(block_q, block_k, d, g, q_axis=3, k_axis=4, g_axis=2, causal=causal, clamp="k")
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, nk=nk, **opts),
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -210,13 +222,13 @@ def pallas_tpu_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causa
         name="hourllava_flash_dq_tpu",
     )(*operands)
 
-    q_spec, kv_spec, qid_spec, kid_spec, row_spec = _specs(block_q, block_k, d, g, q_axis=4, k_axis=2, g_axis=3)
+    in_q, kv_spec, in_qid, kid_spec, in_row = _specs(block_q, block_k, d, g, q_axis=4, k_axis=2, g_axis=3, causal=causal, clamp="q", nq=nq)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, g=g, nq=nq, **opts),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=1,
             grid=(b, kh, nk, g, nq),
-            in_specs=[q_spec, kv_spec, kv_spec, qid_spec, kid_spec, q_spec, row_spec, row_spec],
+            in_specs=[in_q, kv_spec, kv_spec, in_qid, kid_spec, in_q, in_row, in_row],
             out_specs=[kv_spec, kv_spec],
             scratch_shapes=[pltpu.VMEM((block_k, d), jnp.float32), pltpu.VMEM((block_k, d), jnp.float32)],
         ),

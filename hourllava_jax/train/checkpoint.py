@@ -148,7 +148,7 @@ class Checkpointer:
                     raise ValueError(f"checkpoint {step} holds step {int(jax.device_get(state.step))}")
                 result = (state, dict(out["data"]), step)
             except Exception as e:  # noqa: BLE001 - any failure means "unusable", fall back
-                error = f"{type(e).__name__}: {e}"
+                error = " ".join(f"{type(e).__name__}: {e}".split())  # one line, for logs
             # Every process must take the same checkpoint (later saves are collective).
             if _all_processes(error is None):
                 return result

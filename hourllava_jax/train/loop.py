@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from hourllava_jax.config.base import save_yaml, to_dict
-from hourllava_jax.parallel.mesh import make_mesh
+from hourllava_jax.parallel.mesh import batch_axes, make_mesh
 from hourllava_jax.parallel.rules import use_rules
 from hourllava_jax.train import distributed
 from hourllava_jax.train.checkpoint import Checkpointer, PreemptionGuard
@@ -66,6 +66,10 @@ def train(
     if pidx == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, workdir / "train_config.yaml")
+    shards = int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+    if cfg.micro_batch_size % shards:
+        raise ValueError(f"micro-batch {cfg.micro_batch_size} (= {cfg.global_batch_size} / {cfg.grad_accum_steps}) "
+                         f"does not split over the {shards} batch shards (data x fsdp) of mesh {dict(mesh.shape)}")
     distributed.check_process_rows(mesh, cfg.global_batch_size)
 
     with use_rules(cfg.rules):

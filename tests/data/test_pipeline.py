@@ -246,6 +246,17 @@ def test_bad_samples_are_skipped_counted_and_logged_once(data, caplog):
         assert sum(f"({reason};" in m for m in messages) == 1
 
 
+def test_light_tokenizer_matches_transformers(data):
+    tok = load_tokenizer(data["root"] / "tok")
+    light = pipeline._load_light_tokenizer(data["root"] / "tok")
+    rec = parse_record(_video_record(3, 41.0), "x")
+    a = tokenize_record(rec, tok, seconds=41.37, n_frames=41)
+    b = tokenize_record(rec, light, seconds=41.37, n_frames=41)
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert len(light) == len(tok)
+
+
 def test_random_forgetting_key_is_per_sample_and_reproducible(data):
     root = data["root"]
     pipe = _pipe(root)

@@ -45,4 +45,5 @@ def tiny_tokenizer(out_dir: Path):
 
 def tiny_video(path: Path, *, seconds: float = 4, fps: int = 4, size=(48, 40)) -> Path:
     """A CFR H.264 clip, 1 s GOP: 16 frames at 4 fps by default (all sampled: 16 < 128)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     return write_video(path, fps=fps, num_frames=int(seconds * fps), size=size, gop=fps, options={"preset": "ultrafast"})

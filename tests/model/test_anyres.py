@@ -171,3 +171,37 @@ def test_errors():
         anyres_grid_features(jnp.zeros((5, 4, 1)), (3, 2), (800, 600))
     with pytest.raises(ValueError, match="RNG key"):
         build_multi_image_memory(jnp.zeros((1, 4, 1)), jnp.zeros(1))
+
+
+def _release_grid(feat, npw, nph, image_size, max_crops, torch):
+    """Transcription of the release's multi_image_resize (crops part), channels-first torch."""
+    import math as _m
+
+    g = int(round(feat.shape[1] ** 0.5))
+    x = torch.from_numpy(feat).view(nph, npw, g, g, -1).permute(4, 0, 2, 1, 3).contiguous()
+    x = x.flatten(1, 2).flatten(2, 3)
+    ow, oh = image_size
+    ch, cw = x.shape[1:]
+    if ow / oh > cw / ch:
+        nh = int(oh * (cw / ow))
+        pad = (ch - nh) // 2
+        x = x[:, pad : ch - pad, :]
+    else:
+        nw = int(ow * (ch / oh))
+        pad = (cw - nw) // 2
+        x = x[:, :, pad : cw - pad]
+    c, h, w = x.shape
+    times = _m.sqrt(h * w / (max_crops * g**2))
+    if times > 1.1:
+        x = torch.nn.functional.interpolate(x[None], [int(h // times), int(w // times)], mode="bilinear")[0]
+    return x.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("size", [(800, 600), (4000, 3000), (300, 1000), (1920, 1080), (640, 4000), (999, 1001)])
+def test_grid_matches_release_transcription(size, torch_fp32):
+    npw, nph = anyres_grid_shape(size)
+    feat = np.random.default_rng(0).standard_normal((npw * nph, 9, 2)).astype(np.float32)
+    want = _release_grid(feat, npw, nph, size, 9, torch_fp32)
+    got = np.asarray(anyres_grid_features(jnp.asarray(feat), (npw, nph), size))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)

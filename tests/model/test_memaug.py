@@ -181,3 +181,21 @@ def test_memory_parallel_cross_attention_matches():
     km = jnp.asarray(np.arange(12)[None] < np.array([[12], [9]]))
     pq, pk = jnp.tile(jnp.arange(5)[None], (2, 1)), jnp.tile(jnp.arange(12)[None], (2, 1))
     np.testing.assert_allclose(split(x, mem, pq, pk, kv_mask=km), plain(x, mem, pq, pk, kv_mask=km), atol=1e-5)
+
+
+def test_video_memory_through_memaug_tiny():
+    """The tiny preset end to end: frame tokens -> memory + decayed tokens -> query ids -> MemAug."""
+    from hourllava_jax.model.memory import build_video_memory
+
+    cfg = load_model_config("tiny")
+    h, p2 = cfg.llm.hidden_size, cfg.memory.pool_size**2
+    frames = jax.random.normal(jax.random.key(0), (10, p2, h))
+    vm = build_video_memory(frames, jnp.zeros(h), cfg.memory)  # 10 -> 16 frames (min_frames 16)
+    assert vm.memory.shape == (16 * (p2 + 1), h) and vm.frame_indices.shape == (4,)
+    pos, vis = query_positions([8, 5], [np.asarray(vm.decayed_positions)])
+    text = jax.random.normal(jax.random.key(1), (13, h))
+    query = jnp.concatenate([text[:8], vm.decayed, text[8:]])
+    model = MemAug(cfg, rngs=nnx.Rngs(0))
+    out = model(query[None], vm.memory[None], jnp.asarray(pos)[None], vm.memory_positions[None])
+    visual = out[0, vis]
+    assert visual.shape == vm.decayed.shape and bool(jnp.all(jnp.isfinite(visual)))

@@ -1,0 +1,118 @@
+"""Needle records + stored features -> model :class:`~hourllava_jax.model.inputs.Sample`s.
+
+A needle item is one video's features float32[T, p², C] (T = seconds at 1 FPS), its question
+and its answer, tokenized exactly as training data (SPEC §3: time instruction, ChatML, labels).
+Two answer formats:
+
+* ``letter``: the record as written by ``make_needle_dataset`` (options A-D in a random order,
+  answer a letter): the LLM must also match the seen colour to its option line.
+* ``word``: the same question without options, answered with the colour word itself (one of
+  four single tokens), which isolates the memory problem from the option-matching one.
+
+Training augmentation (``roll``): a cyclic shift of the frame axis moves the needle to another
+second of the same haystack, so one training video yields T different needle placements. Held-out
+items are never rolled.
+
+The control's theoretical bound: without MemAug the LLM sees only the decayed tokens, i.e. the
+kept frames of uniform temporal forgetting (``layout.frame_indices``). A needle on a dropped frame
+leaves no trace there, so the best possible accuracy is ``kept + (1 - kept) / 4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from hourllava_jax.config import HourLlavaConfig
+from hourllava_jax.data.chat import tokenize_record
+from hourllava_jax.data.features import FeatureStore, feature_key
+from hourllava_jax.data.records import Record, Turn
+from hourllava_jax.data.synthetic import LETTERS, NEEDLE_COLOURS, NEEDLE_QUESTION
+from hourllava_jax.model.inputs import Sample
+from hourllava_jax.model.layout import video_layout
+
+ANSWER_FORMATS = ("letter", "word")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedleItem:
+    """One video and its question. features float32[T, p², C]; needle_frame in [0, T)."""
+
+    record: Record
+    features: np.ndarray
+    duration: float
+    needle_frame: int
+    colour: str
+    depth: float
+    length: int
+
+    def rolled(self, shift: int) -> NeedleItem:
+        """The same haystack with the frames shifted cyclically by ``shift`` (needle moves too)."""
+        t = self.features.shape[0]
+        frame = (self.needle_frame + shift) % t
+        return dataclasses.replace(self, features=np.roll(self.features, shift, axis=0), needle_frame=frame,
+                                   depth=frame / max(1, t - 1))
+
+
+def load_items(records: Sequence[Record], store: FeatureStore) -> list[NeedleItem]:
+    items = []
+    for r in records:
+        f = store.get(feature_key(r))
+        n = r.extra["needle"]
+        if f.num_frames != n["n_frames"]:
+            raise ValueError(f"{r.id}: {f.num_frames} feature frames but {n['n_frames']} video frames (1 FPS)")
+        items.append(NeedleItem(r, np.asarray(f.features, np.float32), f.duration, int(n["frame"]), n["colour"],
+                                float(n["depth"]), int(n["length_seconds"])))
+    return items
+
+
+def conversation(item: NeedleItem, answer_format: str) -> Record:
+    """The record in the requested answer format (module docstring)."""
+    if answer_format == "letter":
+        return item.record
+    if answer_format != "word":
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+    turns = (Turn("human", f"<image>\n{NEEDLE_QUESTION}"), Turn("gpt", item.colour))
+    return dataclasses.replace(item.record, conversations=turns)
+
+
+def answer_options(item: NeedleItem, answer_format: str) -> tuple[list[str], int]:
+    """(option strings in the order scored, index of the right one)."""
+    if answer_format == "word":
+        return list(NEEDLE_COLOURS), NEEDLE_COLOURS.index(item.colour)
+    opts = item.record.extra["qa"][0]["options"]
+    return list(LETTERS[: len(opts)]), opts.index(item.colour)
+
+
+def option_token_ids(tokenizer, options: Sequence[str]) -> np.ndarray:
+    """int32[len(options)]: each option must be one token, so one logit scores it exactly."""
+    ids = [tokenizer.encode(o, add_special_tokens=False) for o in options]
+    bad = [o for o, i in zip(options, ids) if len(i) != 1]
+    if bad:
+        raise ValueError(f"options {bad} are not single tokens of this tokenizer")
+    return np.asarray([i[0] for i in ids], np.int32)
+
+
+def to_sample(item: NeedleItem, tokenizer, cfg: HourLlavaConfig, answer_format: str) -> Sample:
+    """Tokenized conversation + features + the video's memory layout (uniform forgetting)."""
+    t = item.features.shape[0]
+    tok = tokenize_record(conversation(item, answer_format), tokenizer, seconds=item.duration, n_frames=t,
+                          image_token_id=cfg.image_token_id)
+    return Sample(tok.input_ids, tok.labels, item.features, video_layout(t, cfg.memory))
+
+
+def kept_frames(num_frames: int, cfg: HourLlavaConfig) -> np.ndarray:
+    """Input frames whose decayed tokens survive temporal forgetting (what the control sees)."""
+    return video_layout(num_frames, cfg.memory).frame_indices
+
+
+def needle_kept(item: NeedleItem, cfg: HourLlavaConfig) -> bool:
+    return bool(np.isin(item.needle_frame, kept_frames(item.features.shape[0], cfg)))
+
+
+def control_bound(items: Sequence[NeedleItem], cfg: HourLlavaConfig, num_options: int = 4) -> float:
+    """Best accuracy a model seeing only kept frames can reach: kept + (1 - kept) / options."""
+    kept = np.mean([needle_kept(it, cfg) for it in items])
+    return float(kept + (1 - kept) / num_options)
