@@ -122,12 +122,12 @@ def test_evaluate_cli_runs_the_model_answerer(env, tmp_path, monkeypatch, mode):
     lines = [json.loads(x) for f in sorted((tmp_path / "out" / "results" / "videomme").glob("*.jsonl")) for x in f.read_text().splitlines()]
     by_video = {}
     for r in lines:
-        by_video.setdefault(r["video_id"], []).append(r)
+        by_video.setdefault(Path(r["video"]).stem, []).append(r)
     assert len(lines) == 12
-    assert all(r["status"] == "ok" for v in ("001", "002") for r in by_video[v])
-    assert {r["reason_code"] for r in by_video["003"]} == {"corrupt_video"}
-    assert {r["reason_code"] for r in by_video["004"]} == {"missing_video"}
-    assert "vidC.mp4" in by_video["003"][0]["reason"]
+    assert all(r["status"] == "ok" for v in ("vidA", "vidB") for r in by_video[v])
+    assert {r["reason_code"] for r in by_video["vidC"]} == {"corrupt_video"}
+    assert {r["reason_code"] for r in by_video["vidMissing"]} == {"missing_video"}
+    assert "vidC.mp4" in by_video["vidC"][0]["reason"]
     ok = [r for r in lines if r["status"] == "ok"]
     assert all(r["frame_indices"] for r in ok)
     if mode == "loglikelihood":
