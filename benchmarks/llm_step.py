@@ -1,12 +1,12 @@
 """Qwen2 forward and forward+backward on CPU: hourllava_jax vs transformers PyTorch, same weights.
 
-A ~100M-parameter Qwen2-shaped config (tied 32k vocabulary, GQA 12/2), fp32, one run measuring
+A ~100M-parameter Qwen2-shaped config (tied 32k vocabulary, GQA 12/2), fp32 (or bf16 compute), one run measuring
 both frameworks and the matmul peak, so the efficiency numbers share one machine state.
 FLOPs: 2·N·T forward and 6·N·T forward+backward, N = matmul parameters (every Linear plus the
 tied lm_head; the embedding lookup is not a matmul), plus causal attention 2·2·B·layers·heads·D·L(L+1)/2
-forward (x3 with backward). Writes benchmarks/results/llm_step.json.
+forward (x3 with backward). Writes benchmarks/results/llm_step.json (llm_step_bf16.json with --dtype bfloat16).
 
-    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 512] [--repeats 3]
+    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256] [--repeats 2] [--dtype bfloat16] [--quick]
 """
 
 from __future__ import annotations
@@ -46,18 +46,21 @@ def flops(cfg: LLMConfig, n_matmul: int, b: int, l: int) -> tuple[float, float]:
     return fwd, 3 * fwd
 
 
-def time_torch(hf, ids_np, repeats: int) -> dict:
+def time_torch(hf, ids_np, repeats: int, bf16: bool) -> dict:
+    """bf16: autocast (fp32 master weights, bf16 matmuls), the torch analogue of dtype=bfloat16."""
     import torch
 
     ids = torch.tensor(ids_np)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def fwd():
-        with torch.no_grad():
+        with torch.no_grad(), cast:
             return hf(ids).logits
 
     def fwd_bwd():
         hf.zero_grad(set_to_none=True)
-        loss = hf(ids, labels=ids).loss
+        with cast:
+            loss = hf(ids, labels=ids).loss
         loss.backward()
         return loss
 
@@ -98,8 +101,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--impls", default="chunked", help="JAX attention impls to time, comma-separated (chunked,reference)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_step.json"))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (params stay fp32)")
+    ap.add_argument("--quick", action="store_true", help="seq 128, one repeat (benchmarks/run_all.py --quick)")
+    ap.add_argument("--out", default=None, help="default: results/llm_step.json (fp32), results/llm_step_bf16.json (bf16)")
     args = ap.parse_args()
+    if args.quick:
+        args.seq, args.repeats = 128, 1
+    dtype = jnp.dtype(args.dtype)
+    args.out = args.out or str(Path(__file__).parent / "results" / ("llm_step.json" if args.dtype == "float32" else "llm_step_bf16.json"))
     load0 = os.getloadavg()
 
     import torch
@@ -115,28 +124,30 @@ def main() -> None:
 
     # The machine is shared: the peak is measured right before each framework's timing and
     # efficiency is reported against that adjacent peak (plus one at the start for the record).
-    peak = measure_matmul_peak(jnp.float32)
-    results = {}
+    peak = measure_matmul_peak(dtype)
+    results = []
     for impl in args.impls.split(","):
-        model = Qwen2(CFG, attention_impl=impl, rngs=nnx.Rngs(0))
+        model = Qwen2(CFG, dtype=dtype, attention_impl=impl, rngs=nnx.Rngs(0))
         params_from_tensors(model, tensors, qwen2_hf_rules(CFG))
-        adjacent = measure_matmul_peak(jnp.float32, n=1024, repeats=3)["gflops"]
-        results[f"jax_{impl}"] = time_jax(model, ids, args.repeats) | {"adjacent_peak_gflops": adjacent}
+        adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
+        results.append({"framework": f"hourllava_jax ({impl} attention)"} | time_jax(model, ids, args.repeats) | {"adjacent_peak_gflops": adjacent})
         del model
-    adjacent = measure_matmul_peak(jnp.float32, n=1024, repeats=3)["gflops"]
-    results["torch_sdpa"] = time_torch(hf.train(), ids, args.repeats) | {"adjacent_peak_gflops": adjacent}  # dropout is 0
-    for r in results.values():
+    adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
+    torch_r = time_torch(hf.train(), ids, args.repeats, bf16=dtype == jnp.bfloat16)  # train(): dropout is 0 anyway
+    results.append({"framework": "transformers (sdpa)"} | torch_r | {"fwd_bwd_first_call_s": None, "adjacent_peak_gflops": adjacent})
+    for r in results:
         r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
         r["forward_backward_gflops"] = f_fb / r["forward_backward_s"] / 1e9
         r["forward_frac_of_peak"] = r["forward_gflops"] / r["adjacent_peak_gflops"]
         r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / r["adjacent_peak_gflops"]
         r["tokens_per_s_fwd_bwd"] = args.batch * args.seq / r["forward_backward_s"]
     out = {
-        "what": "Qwen2 ~100M fp32 step on CPU: hourllava_jax vs transformers (same weights)",
+        "what": f"Qwen2 ~100M {args.dtype} step on CPU: hourllava_jax vs transformers (same weights, fp32 params)",
+        "dtype": args.dtype,
         "config": {k: getattr(CFG, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                                 "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")},  # fmt: skip
         "params_total": int(n_total), "params_matmul": int(n_matmul), "batch": args.batch, "seq": args.seq,
-        "flops_forward": f_fwd, "flops_forward_backward": f_fb, "matmul_peak_f32": peak, "results": results,
+        "flops_forward": f_fwd, "flops_forward_backward": f_fb, "matmul_peak": peak, "results": results,
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "cpu_count": os.cpu_count(), "load_avg_at_start": load0, "load_avg_at_end": os.getloadavg(),
         "note": "2 shared cores: compare frameworks within one run; absolute numbers vary with load",

@@ -128,8 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="train YAML (configs/train/*.yaml) or preset name")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, profile/")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. --set num_steps=10 --set optim.modules.llm.lr=1e-5)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides (e.g. --set num_steps=10 optim.modules.llm.lr=1.0e-5; repeatable)")
     p.add_argument("--coordinator", help="host:port of process 0 (only where jax cannot auto-detect the cluster)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)

@@ -161,9 +161,13 @@ class FeatureWriter:
       writer: this writer's name, unique among concurrent processes (e.g. ``p00003``).
       shard_size: videos per shard (also the most work a crash can lose).
       dtype: stored dtype, "float32" (release) or "bfloat16" / "float16".
+      compression: ArrayRecord chunk compression: "uncompressed" (default: zstd, ArrayRecord's
+        default, made reads 3.3x slower on feature-like data for 8 % less disk), "snappy",
+        "zstd:<level>" or "brotli:<level>".
     """
 
-    def __init__(self, store: str | Path, *, writer: str = "p00000", shard_size: int = 64, dtype: str = "float32"):
+    def __init__(self, store: str | Path, *, writer: str = "p00000", shard_size: int = 64, dtype: str = "float32",
+                 compression: str = "uncompressed"):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not writer or "/" in writer or "-" in writer:
@@ -172,6 +176,7 @@ class FeatureWriter:
         self.writer = writer
         self.shard_size = shard_size
         self.dtype = dtype
+        self._options = f"group_size:1,{compression}"  # one video per chunk: random access reads one record
         for sub in ("shards", "index", "failed"):
             (self.store / sub).mkdir(parents=True, exist_ok=True)
         for stale in (self.store / "shards").glob(f"{writer}-*.tmp"):  # a crashed session of this writer
@@ -195,7 +200,7 @@ class FeatureWriter:
         if self._ar is None:
             self._shard = f"{self.writer}-{self._next_session:05d}.array_record"
             self._next_session += 1
-            self._ar = ArrayRecordWriter(str(self.store / "shards" / (self._shard + ".tmp")), "group_size:1")
+            self._ar = ArrayRecordWriter(str(self.store / "shards" / (self._shard + ".tmp")), self._options)
         self._ar.write(blob)
         shape = list(np.shape(features))
         self._pending.append({"key": key, "shard": self._shard, "pos": len(self._pending), "num_frames": shape[0],

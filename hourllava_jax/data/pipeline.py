@@ -53,9 +53,9 @@ from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data import errors
 from hourllava_jax.data.chat import DEFAULT_IMAGE_TOKEN_ID, IGNORE_INDEX, tokenize_record
 from hourllava_jax.data.errors import DataError
-from hourllava_jax.data.features import CORRUPT_FEATURES, FeatureStore, feature_key
+from hourllava_jax.data.features import CORRUPT_FEATURES, DTYPES, FeatureStore, feature_key
 from hourllava_jax.data.frames import feature_indices
-from hourllava_jax.data.records import Record, iter_json_list, parse_record
+from hourllava_jax.data.records import Record, iter_json_list, parse_record, video_path
 from hourllava_jax.model.inputs import Sample, collate
 from hourllava_jax.model.layout import PAD, video_layout
 
@@ -96,6 +96,8 @@ class PipelineConfig:
     shuffle: bool = True
     frame_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     max_frames: int | None = None
+    raw_fps: float = 1.0  # raw-video mode: SPEC §2 sampling rate
+    raw_min_frames: int = 128  # raw-video mode: short videos get min(N, 128) frames (SPEC §2)
     text_multiple: int = 256
     decayed_multiple: int = 64
     long_video_seconds: float = 180.0
@@ -107,8 +109,8 @@ class PipelineConfig:
     read_threads: int = 1
 
     def fingerprint(self) -> dict[str, Any]:
-        keys = ("batch_size", "seed", "num_epochs", "shuffle", "frame_buckets", "max_frames", "text_multiple",
-                "decayed_multiple", "long_video_seconds", "max_text_tokens")
+        keys = ("batch_size", "seed", "num_epochs", "shuffle", "frame_buckets", "max_frames", "raw_fps",
+                "raw_min_frames", "text_multiple", "decayed_multiple", "long_video_seconds", "max_text_tokens")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((k, getattr(self, k)) for k in keys)}
 
 
@@ -186,11 +188,18 @@ class SampleBuilder:
     the tokenizer and the store open lazily in each process)."""
 
     def __init__(self, *, tokenizer_dir: str | Path, memory: MemoryConfig, cfg: PipelineConfig,
-                 store_dir: str | Path | None = None):
+                 store_dir: str | Path | None = None, video_root: str | Path | None = None,
+                 image_size: int | None = None):
         self.tokenizer_dir = str(tokenizer_dir)
         self.memory = memory
         self.cfg = cfg
         self.store_dir = None if store_dir is None else str(store_dir)
+        # Raw-video mode: decode <video_root>/videos/<data_source>/<video> (SPEC §2 raw rule) into
+        # normalised pixels float32[T, S, S, 3] instead of reading pre-extracted features.
+        self.video_root = None if video_root is None else str(video_root)
+        self.image_size = image_size
+        if self.video_root is not None and not image_size:
+            raise ValueError("raw-video mode needs image_size (the vision tower's input side)")
         self._tok = None
         self._store = None
 
@@ -227,6 +236,15 @@ class SampleBuilder:
             raise DataError(where, UNSUPPORTED_KIND, "image records need the image pipeline, not the feature pipeline")
         return rec
 
+    def _raw_selection(self, rec: Record) -> tuple[Path, np.ndarray, float]:
+        """Raw-video mode: (path, SPEC §2 frame indices int64[T], duration) by probing (no decoding)."""
+        from hourllava_jax.data.video import probe_video
+
+        path = video_path(self.video_root, rec)
+        index = probe_video(path)
+        idx = index.select(fps=self.cfg.raw_fps, min_frames=self.cfg.raw_min_frames, max_frames=self.cfg.max_frames)
+        return path, idx, index.duration
+
     def _video_length(self, rec: Record, element: Mapping[str, Any]) -> tuple[int, float]:
         """(N stored feature frames, duration seconds), without reading features if possible."""
         if "features" in element:
@@ -259,8 +277,12 @@ class SampleBuilder:
         rec = self.record(element)
         if rec.video is None:
             return SampleMeta(SHORT, 0, len(self._tokens(rec, 0, 0.0)), 0)
-        n, duration = self._video_length(rec, element)
-        t = len(self.frame_indices(n, duration))
+        if self.video_root is not None:
+            _, idx, duration = self._raw_selection(rec)
+            t = len(idx)
+        else:
+            n, duration = self._video_length(rec, element)
+            t = len(self.frame_indices(n, duration))
         self._bucket(t, rec.origin)
         stream = LONG if duration >= self.cfg.long_video_seconds else SHORT
         return SampleMeta(stream, t, len(self._tokens(rec, t, duration)), _num_decayed(t, self.memory))
@@ -273,19 +295,41 @@ class SampleBuilder:
         if rec.video is None:
             tok = self._tokens(rec, 0, 0.0)
             return Sample(tok.input_ids, tok.labels)
+        if self.video_root is not None:
+            return self._build_raw(rec, epoch, source_index)
         if "features" in element:
             feats, duration = np.asarray(element["features"]), float(element["duration"])
         else:
             vf = self.store.get(feature_key(rec))
             feats, duration = vf.features, vf.duration
         if feats.ndim != 3 or feats.shape[1] != self.memory.pool_size**2:
-            raise DataError(rec.origin, CORRUPT_FEATURES,
-                            f"features {feats.shape} are not [N, {self.memory.pool_size ** 2}, C] (pool size {self.memory.pool_size})")
+            p2 = self.memory.pool_size**2
+            raise DataError(rec.origin, CORRUPT_FEATURES, f"features {feats.shape} are not [N, {p2}, C] (pool size)")
         idx = self.frame_indices(feats.shape[0], duration)
         tok = self._tokens(rec, len(idx), duration)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), epoch), source_index)
-        layout = video_layout(len(idx), self.memory, key=key)
-        return Sample(tok.input_ids, tok.labels, np.asarray(feats[idx], np.float32), layout)
+        layout = video_layout(len(idx), self.memory, key=self._key(epoch, source_index))
+        # Stored dtype kept (bf16 stores give bf16 batches: half the bytes to move; the model
+        # casts features to its compute dtype before the projector).
+        return Sample(tok.input_ids, tok.labels, np.asarray(feats[idx]), layout)
+
+    def _key(self, epoch: int, source_index: int) -> jax.Array | None:
+        if not _needs_key(self.memory):  # jax ops cost a compile per worker process: only when used
+            return None
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), epoch), source_index)
+
+    def _build_raw(self, rec: Record, epoch: int, source_index: int) -> Sample:
+        """Raw-video mode: pixels carried as ``features`` float32[T, S·S, 3] (``LoadBatch`` turns
+        the padded batch into ``pixels`` float32[B, U, S, S, 3], the model's other input)."""
+        from hourllava_jax.data.preprocess import normalize
+        from hourllava_jax.data.video import decode_video
+
+        cfg, s = self.cfg, self.image_size
+        video = decode_video(video_path(self.video_root, rec), fps=cfg.raw_fps, min_frames=cfg.raw_min_frames,
+                             max_frames=cfg.max_frames, size=s)
+        t = len(video.indices)
+        tok = self._tokens(rec, t, video.duration)
+        layout = video_layout(t, self.memory, key=self._key(epoch, source_index))
+        return Sample(tok.input_ids, tok.labels, normalize(video.frames).reshape(t, s * s, 3), layout)
 
 
 class _LightTokenizer:
@@ -328,14 +372,16 @@ def _load_light_tokenizer(tokenizer_dir: str | Path):
     return load_tokenizer(tokenizer_dir)
 
 
+def _needs_key(memory: MemoryConfig) -> bool:
+    """True when ``video_layout`` draws random numbers (random spatial or temporal forgetting)."""
+    return memory.spatial_mode == "random" or (memory.temporal_forgetting and memory.temporal_mode == "random")
+
+
 @functools.lru_cache(maxsize=4096)
-def _num_decayed_cached(t: int, memory: MemoryConfig) -> int:
-    key = jax.random.key(0)  # counts do not depend on the draw; random modes need some key
-    return int(len(video_layout(t, memory, key=key).decayed[0]))
-
-
 def _num_decayed(t: int, memory: MemoryConfig) -> int:
-    return _num_decayed_cached(t, memory)
+    """Decayed tokens of a T-frame video (the plan's N bucket); the count never depends on the draw."""
+    key = jax.random.key(0) if _needs_key(memory) else None
+    return int(len(video_layout(t, memory, key=key).decayed[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,8 +491,8 @@ class BatchPlan:
 class LoadBatch(grain.transforms.Map):
     """Planned batch -> {"batch": dict of numpy arrays, "skipped": {reason: n}, "examples": {reason: message}}."""
 
-    def __init__(self, source, builder: SampleBuilder, feature_dim: tuple[int, int] | None):
-        self.source, self.builder, self.feature_dim = source, builder, feature_dim
+    def __init__(self, source, builder: SampleBuilder, feature_dim: tuple[int, int] | None, feature_dtype: str = "float32"):
+        self.source, self.builder, self.feature_dim, self.feature_dtype = source, builder, feature_dim, feature_dtype
 
     def map(self, plan: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.builder.cfg
@@ -470,8 +516,12 @@ class LoadBatch(grain.transforms.Map):
                         image_token_id=cfg.image_token_id)
         if units and "features" not in batch:  # every row was a filler: still the planned shapes
             b, (p, c) = len(samples), self.feature_dim
-            batch.update(features=np.zeros((b, units, p, c), np.float32), memory_src=np.full((b, memory), PAD, np.int32),
+            batch.update(features=np.zeros((b, units, p, c), DTYPES[self.feature_dtype]),
+                         memory_src=np.full((b, memory), PAD, np.int32),
                          memory_pos=np.zeros((b, memory), np.int32), decayed=np.full((b, 1, decayed), -1, np.int32))
+        if units and self.builder.video_root is not None:
+            s = self.builder.image_size
+            batch["pixels"] = batch.pop("features").reshape(len(samples), units, s, s, 3)
         return {"batch": batch, "skipped": dict(skipped), "examples": examples}
 
 
@@ -567,17 +617,25 @@ def make_feature_pipeline(
     cfg: PipelineConfig,
     store_dir: str | Path | None = None,
     shard_options: grain.sharding.ShardOptions | None = None,
+    video_root: str | Path | None = None,
+    image_size: int | None = None,
 ) -> FeaturePipeline:
     """Records (``RecordSource`` + ``store_dir``, or ``TfdsSource``) -> :class:`FeaturePipeline`.
+
+    Raw-video mode (``video_root`` + ``image_size``, e.g. stage 2 where SigLIP trains): videos
+    ``<video_root>/videos/<data_source>/<video>`` are probed at planning (T by the SPEC §2 raw
+    rule: 1 FPS, at least ``raw_min_frames``) and decoded per sample; batches carry ``pixels``
+    float32[B, U, S, S, 3] instead of ``features``.
 
     ``shard_options``: this process's shard (``shard_index`` of ``shard_count``); default
     ``ShardByJaxProcess``. Each process gets ``cfg.batch_size`` rows of every global batch.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    builder = SampleBuilder(tokenizer_dir=tokenizer_dir, memory=memory, cfg=cfg, store_dir=store_dir)
+    builder = SampleBuilder(tokenizer_dir=tokenizer_dir, memory=memory, cfg=cfg, store_dir=store_dir,
+                            video_root=video_root, image_size=image_size)
     metas: list[SampleMeta | None] = []
     skipped: Counter = Counter()
-    feature_dim = None
+    feature_dim, feature_dtype = None, "float32"
     for i in range(len(source)):
         element = source[i]
         try:
@@ -588,17 +646,24 @@ def make_feature_pipeline(
             _log_once(e.reason, str(e))
             continue
         if feature_dim is None and metas[-1].num_frames:
-            feature_dim = (tuple(np.shape(element["features"])[1:]) if "features" in element
-                           else tuple(builder.store.meta(feature_key(builder.record(element)))["shape"][1:]))
+            if video_root is not None:
+                feature_dim = (image_size * image_size, 3)
+            elif "features" in element:
+                feature_dim, feature_dtype = tuple(np.shape(element["features"])[1:]), np.asarray(element["features"]).dtype.name
+            else:
+                m = builder.store.meta(feature_key(builder.record(element)))
+                feature_dim, feature_dtype = tuple(m["shape"][1:]), m["dtype"]
     plan = BatchPlan(metas, cfg, memory, process_index=shard.shard_index, process_count=shard.shard_count)
-    fingerprint = {**cfg.fingerprint(), "num_samples": len(source), "num_valid": len(plan.valid),
+    # The global batch, not the per-process one: a state then resumes on another process count.
+    fingerprint = {**{k: v for k, v in cfg.fingerprint().items() if k != "batch_size"},
+                   "global_batch": plan.global_batch, "num_samples": len(source), "num_valid": len(plan.valid),
                    "memory": dataclasses.asdict(memory)}
     if cfg.num_epochs is not None:
         len(plan)  # plan every epoch now: the drop counts are then known up front
     dropped = sum(plan.dropped_per_epoch)
     log.info("pipeline: %d samples, %d usable, skipped %s, %d dropped as epoch remainders",
              len(source), len(plan.valid), dict(skipped), dropped)
-    ds = grain.MapDataset.source(plan).map(LoadBatch(source, builder, feature_dim))
+    ds = grain.MapDataset.source(plan).map(LoadBatch(source, builder, feature_dim, feature_dtype))
     return FeaturePipeline(plan, ds, cfg, skipped, fingerprint)
 
 

@@ -8,12 +8,15 @@
    H.264/HEVC/VP9/AV1 in mp4/mkv/webm). Keyframe flags give the GOP layout.
 2. **Select** (``frames.py``): constant-rate files use the release's stride/linspace rule on
    frame indices; variable-rate files (timestamps off an even grid) select by presentation time.
-3. **Decode**, GOP-aware: with keyframes at least as dense as the sampling step, seek to the
-   keyframe before each selected frame and decode forward to it; otherwise (long GOPs) decode
-   the whole stream once, since every frame is needed as a reference anyway. Either way a frame
-   is identified by its pts, never by counting, and a seek that lands wrong (a broken index,
-   open-GOP leading pictures) falls back to sequential decoding, so the result is always the
-   frame a decode-everything pass would give. Frame threading is on (``thread_type="AUTO"``;
+3. **Decode**, GOP-aware (``should_seek``): with keyframes at least as dense as the sampling
+   step, for each GOP holding selected frames seek to its keyframe and decode up to the last
+   selected one; otherwise (long GOPs) decode the stream once from the start up to the last
+   selected frame, since every frame is needed as a reference anyway. Either way the decoder
+   is drained right after the last packet needed (a frame-threaded decoder otherwise holds
+   frames back until ``thread_count`` more packets arrive), a frame is identified by its pts,
+   never by counting, and a seek that lands wrong (a broken index, open-GOP leading pictures)
+   falls back to sequential decoding, so the result is always the frame a decode-everything
+   pass would give. Frame threading is on (``thread_type="AUTO"``;
    PyAV's default slice threading does nothing for one-slice x264 streams, ENV.md). For
    H.264/HEVC, packets that are not selected are decoded with ``skip_frame="NONREF"``:
    non-reference frames are never used by another frame, so skipping them changes no output.
@@ -312,9 +315,11 @@ class _Decoder:
         pending = set(wanted)
         for packet in self.container.demux(self.stream):
             self.deadline.check("decoding")
-            if packet.size == 0:  # end of stream: this packet's decode() drains the decoder
-                self._keep(packet.decode())
-                return
+            if packet.size == 0:
+                if packet.pts is None and packet.dts is None:  # PyAV's end-of-stream marker:
+                    self._keep(packet.decode())  # its decode() drains the decoder
+                    return
+                continue  # an empty placeholder (AVI drop frame): not a frame, as in the probe
             pts = packet.pts
             if self.skip_nonref:
                 self.cc.skip_frame = "DEFAULT" if pts in self.want else "NONREF"

@@ -21,7 +21,7 @@ from flax import nnx
 from hourllava_jax.data.features import FeatureStore, FeatureWriter, feature_key
 from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.data.records import Record, load_records, video_path
-from hourllava_jax.data.synthetic import corpus_texts, make_needle_dataset
+from hourllava_jax.data.synthetic import NEEDLE_COLOURS, corpus_texts, make_needle_dataset
 from hourllava_jax.data.tokenizer import build_tokenizer, load_tokenizer
 from hourllava_jax.data.video import decode_video
 from hourllava_jax.model.memory import pool_frames
@@ -54,11 +54,17 @@ def make_split(root: str | Path, spec: SplitSpec, *, size: int = 64) -> list[Rec
 
 
 def make_tokenizer(records: Sequence[Record], out_dir: str | Path, vocab_size: int):
-    """The project's small BPE (Qwen2 special tokens at 0, 1, 2), trained on the training texts."""
+    """The project's small BPE (Qwen2 special tokens at 0, 1, 2), trained on the training texts.
+
+    The ``word`` answers (a colour alone at the start of the assistant turn, no leading space)
+    are added as texts of their own, a few times each, so each becomes one token and one logit
+    scores it (``dataset.option_token_ids``).
+    """
     out_dir = Path(out_dir)
     if (out_dir / "tokenizer.json").is_file():
         return load_tokenizer(out_dir)
-    return build_tokenizer(corpus_texts(records), vocab_size, out_dir)
+    answers = [c for c in NEEDLE_COLOURS for _ in range(4)]
+    return build_tokenizer(corpus_texts(records) + answers, vocab_size, out_dir)
 
 
 class FrameEncoder:

@@ -7,12 +7,13 @@
   ``eval.prompt.build_prompt(item, timestamps)`` (subtitles filtered to the sampled frames),
   the time instruction and ChatML are added by the pipeline (SPEC §3), greedy generation.
 * ``option_loglikelihoods(item)``: log p(continuation_i | video, prompt) for every option,
-  teacher-forced, all options in one batched LLM forward. The visual tokens are computed once
-  from the prompt alone (MemAug's query is the prompt, SPEC §1.4, exactly as when generating),
-  and each option's tokens are appended after the prompt's last valid token. The continuation
-  is ``"{letter}. {option}"`` by default (what the prompt asks for, followed by the option's
-  own tokens; ``target="letter"`` / ``"option"`` score the letter or the text alone). Scores
-  are sums over the continuation's tokens (lmms-eval's convention).
+  teacher-forced: the prompt is prefilled once into the KV cache and all options go through one
+  batched forward on top of it. The visual tokens come from the prompt alone (MemAug's query is
+  the prompt, SPEC §1.4, exactly as when generating); each option's tokens follow the prompt's
+  last valid token. The continuation is ``"{letter}. {option}"`` by default (what the prompt
+  asks for, followed by the option's own tokens; ``target="letter"`` / ``"option"`` score the
+  letter or the text alone). Scores are sums over the continuation's tokens (lmms-eval's
+  convention).
 
 Settings without a command-line flag in ``launch/evaluate.py`` come from the environment:
 ``HOURLLAVA_TOKENIZER`` (tokenizer directory, default: the checkpoint), ``HOURLLAVA_CACHE_DIR``
@@ -33,34 +34,31 @@ from flax import nnx
 
 from hourllava_jax.eval.items import LETTERS, EvalItem, Prediction
 from hourllava_jax.eval.prompt import build_prompt
+from hourllava_jax.infer.generate import prefill
 from hourllava_jax.infer.pipeline import VideoQA
 
 Target = Literal["letter_option", "letter", "option"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _continuation_logprobs(graphdef, state, embeds, n_valid, cont_ids, cont_mask):
-    """Teacher-forced log-probabilities of continuations after one prompt.
+def _continuation_logprobs(graphdef, state, embeds, valid, cont_ids, cont_mask):
+    """Teacher-forced log-probabilities of B continuations of one prompt.
 
-    embeds float[Lo, H]: the prompt's LLM input (valid tokens first); n_valid int32[]: its
-    valid length; cont_ids int32[B, Lc], cont_mask bool[B, Lc] (valid first). Returns
-    float32[B, Lc]: log p(cont[b, j] | prompt, cont[b, :j]) (0 where masked).
+    embeds float[1, Lo, H] / valid bool[1, Lo]: the prompt's LLM input; cont_ids int32[B, Lc],
+    cont_mask bool[B, Lc] (valid first). The prompt is prefilled once into the KV cache, which
+    is shared by the B rows of one forward over the continuations. Returns float32[B, Lc]:
+    log p(cont[b, j] | prompt, cont[b, :j]), 0 where masked.
     """
     llm = nnx.merge(graphdef, state)
     b, lc = cont_ids.shape
-    lo, h = embeds.shape
-    total = lo + lc
-    x = jnp.zeros((b, total, h), embeds.dtype).at[:, :lo].set(embeds)
-    x = jax.lax.dynamic_update_slice(x, llm.embed(cont_ids).astype(x.dtype), (0, n_valid, 0))
-    idx = jnp.arange(total)
-    rel = idx[None, :] - n_valid
-    in_cont = (rel >= 0) & (rel < lc) & jnp.take_along_axis(cont_mask, jnp.clip(rel, 0, lc - 1), axis=1)
-    mask = (idx[None, :] < n_valid) | in_cont
-    positions = jnp.broadcast_to(idx, (b, total)).astype(jnp.int32)  # valid tokens form a prefix
-    hidden = llm.hidden_states(inputs_embeds=x, positions=positions, attention_mask=mask)
-    # Logits only where they predict a continuation token: slots n_valid-1 .. n_valid+Lc-2.
-    h_pred = jax.lax.dynamic_slice_in_dim(hidden, n_valid - 1, lc, axis=1)
-    logp = jax.nn.log_softmax(llm.logits(h_pred).astype(jnp.float32), axis=-1)
+    logits0, cache, pos0 = prefill(llm, None, embeds, valid, embeds.shape[1] + lc)
+    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:]) if x.ndim else x, cache)
+    positions = pos0[0] + jnp.broadcast_to(jnp.arange(lc, dtype=jnp.int32), (b, lc))
+    hidden, _ = llm.hidden_states(inputs_embeds=llm.embed(cont_ids), positions=positions, attention_mask=cont_mask, cache=cache)
+    # Token j is predicted by the prompt's last logits (j = 0) or by continuation token j - 1.
+    first = jnp.broadcast_to(logits0[:, None, :], (b, 1, logits0.shape[-1]))
+    logits = jnp.concatenate([first, llm.logits(hidden[:, :-1]).astype(jnp.float32)], axis=1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
     tok = jnp.take_along_axis(logp, cont_ids[..., None], axis=-1)[..., 0]
     return jnp.where(cont_mask, tok, 0.0)
 
@@ -94,8 +92,7 @@ class ModelAnswerer:
         for i, c in enumerate(conts):
             ids[i, : len(c)], mask[i, : len(c)] = c, True
         g, s = nnx.split(qa.model.llm)
-        n_valid = jnp.sum(valid[0], dtype=jnp.int32)
-        lp = _continuation_logprobs(g, s, embeds[0], n_valid, jnp.asarray(ids), jnp.asarray(mask))
+        lp = _continuation_logprobs(g, s, embeds, valid, jnp.asarray(ids), jnp.asarray(mask))
         scores = np.asarray(lp, np.float64).sum(axis=1)
         return Prediction("", tuple(int(i) for i in enc.frame_indices), tuple(float(t) for t in enc.timestamps),
                           option_loglikelihoods=tuple(float(x) for x in scores))

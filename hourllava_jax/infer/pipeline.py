@@ -37,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hourllava_jax.data import errors
 from hourllava_jax.data.chat import add_time_instruction, generation_prompt
 from hourllava_jax.data.frames import DEFAULT_MIN_FRAMES
 from hourllava_jax.data.preprocess import normalize
+from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.records import Turn
 from hourllava_jax.data.tokenizer import chat_token_ids
 from hourllava_jax.infer import generate as gen
@@ -128,6 +130,9 @@ class VideoQA:
       forgetting: ``uniform`` (deterministic) or ``random`` spatial forgetting with
         ``forgetting_seed`` (SPEC §1.3).
       decode_timeout_s: wall-clock budget for decoding one video.
+
+    The parameters are snapshotted at construction (``nnx.split``) and the vision fingerprint is
+    computed once: build a new ``VideoQA`` after changing the model's weights.
     """
 
     def __init__(self, model, config, tokenizer, *, cache: MemoryCache | bool | None = None, fps: float = 1.0,
@@ -150,8 +155,11 @@ class VideoQA:
         self.pad_id = llm.pad_token_id if llm.pad_token_id is not None else ids.pad
         # The checkpoint's end ids plus <|im_end|>: a ChatML turn ends there whatever config.json says.
         self.eos_ids = tuple(dict.fromkeys((*llm.eos_ids, ids.im_end)))
+        # Temporal forgetting stays the release's uniform rule unless random mode is asked for
+        # and the config says random too (keyframe/question need data the layout does not see).
+        random_time = forgetting == "random" and config.memory.temporal_mode == "random"
         self.memory_config = dataclasses.replace(config.memory, spatial_mode=forgetting,
-                                                 temporal_mode="uniform" if forgetting == "uniform" else config.memory.temporal_mode)
+                                                 temporal_mode="random" if random_time else "uniform")
         self._graphdef, self._state = nnx.split(model)
         self._fingerprint: str | None = None
 
@@ -188,6 +196,8 @@ class VideoQA:
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8[T, S, S, 3] RGB at the tower's size -> float32[T, p², C] pooled features."""
         t, n = frames.shape[0], self.frame_chunk
+        if t == 0:
+            raise ValueError("encode_frames: no frames")
         out = []
         for start in range(0, t, n):
             chunk = normalize(frames[start:start + n])
@@ -230,6 +240,10 @@ class VideoQA:
         """Prompts (each int32[L_i] with one placeholder) about one video -> the LLM's input
         (embeds float[B, Lo, H], valid bool[B, Lo]), valid tokens first in each row."""
         lay = self.layout(enc.num_frames)
+        longest = max(len(p) for p in prompts) - 1 + len(lay.decayed[0])  # placeholder -> decayed tokens
+        if longest > self.config.max_length:  # the splice would silently cut the question off
+            raise DataError(enc.path, errors.TOO_LONG,
+                            f"{longest} LLM input tokens exceed max_length {self.config.max_length} (long subtitles?)")
         samples = [Sample(np.asarray(p, np.int32), None, enc.features, lay) for p in prompts]
         batch = collate(samples, pad_id=self.pad_id, text_multiple=self.text_bucket, unit_multiple=self.unit_bucket,
                         image_token_id=self.config.image_token_id)
@@ -254,7 +268,7 @@ class VideoQA:
                        top_p: float = 1.0, seed: int = 0, stream: StreamCallback | None = None) -> Answer:
         """:meth:`answer` for an already encoded video."""
         t0 = time.perf_counter()
-        embeds, valid = self.llm_inputs([self.prompt_ids(question, enc)], enc)
+        embeds, valid = jax.block_until_ready(self.llm_inputs([self.prompt_ids(question, enc)], enc))  # honest timings
         rng = jax.random.key(seed) if temperature > 0 else None
         kw = dict(inputs_embeds=embeds, attention_mask=valid, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
                   temperature=temperature, top_p=top_p, rng=rng, pad_id=self.pad_id, bucket=self.text_bucket)

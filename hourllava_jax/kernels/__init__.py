@@ -29,6 +29,8 @@ class AttentionInputError(ValueError):
 def _check(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise AttentionInputError(f"attention expects [B, L, heads, D] arrays, got q{q.shape} k{k.shape} v{v.shape}")
+    if 0 in q.shape or 0 in k.shape:
+        raise AttentionInputError(f"attention needs non-empty inputs, got q{q.shape} k{k.shape}")
     if k.shape != v.shape:
         raise AttentionInputError(f"k{k.shape} and v{v.shape} must have the same shape")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -85,6 +87,7 @@ def attention(
     block_sizes: BlockSizes | None = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
     memory_axis: str = "memory",
+    batch_axis: str | None = None,
     interpret: bool | None = None,
 ) -> jax.Array:
     """Multi-head (grouped-query) attention; returns float[B, Lq, H, D] in q's dtype.
@@ -94,7 +97,8 @@ def attention(
     (the id -2**31 is reserved for padding). Query rows that see no key return 0 (zero grads).
     block_sizes: tiles for chunked/pallas (None: per-backend defaults, blocks.DEFAULTS).
     mesh: if it has a ``memory_axis`` of size > 1, k/v are split along Lk over that axis and the
-      per-shard results are combined exactly (log-sum-exp) -- the memory-parallel path.
+      per-shard results are combined exactly (log-sum-exp) -- the memory-parallel path;
+      batch_axis (e.g. "data") then also splits the batch. Without such a mesh both are ignored.
     interpret: run Pallas kernels in interpret mode (None: when the backend is not the kernel's).
     """
     _check(q, k, v)
@@ -113,7 +117,7 @@ def attention(
         return memory_parallel_attention(
             q, k, v, mesh=mesh, axis=memory_axis, causal=causal, q_offset=q_offset, kv_mask=kv_mask,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, impl=impl,
-            block_sizes=block_sizes, interpret=interpret,
+            block_sizes=block_sizes, interpret=interpret, batch_axis=batch_axis,
         )  # fmt: skip
     if impl == "reference":
         return attention_reference(q, k, v, mask, scale)

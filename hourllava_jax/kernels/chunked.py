@@ -2,8 +2,10 @@
 
 The default on CPU and the fallback everywhere. Loops run over query chunks (outer) and key
 chunks (inner) with ``lax.fori_loop``, so peak memory is O(Lq·H·D + H·block_q·block_k), never
-O(Lq·Lk). Lengths that are not chunk multiples are padded internally (padded keys are masked).
-Causal attention stops each query chunk's key loop at the diagonal.
+O(Lq·Lk). Lengths that are not chunk multiples are *not* padded (a padded copy of a 234k-token
+memory would cost as much as the rest): the last chunk's start is clamped so it ends at the
+sequence end, and the keys (backward: also the query rows) it shares with the previous chunk are
+masked out. Causal attention stops each query chunk's key loop at the diagonal.
 """
 
 from __future__ import annotations
@@ -12,54 +14,58 @@ import jax
 import jax.numpy as jnp
 
 from hourllava_jax.kernels.flash_vjp import NEG_LSE, make_attention
-from hourllava_jax.kernels.masks import allowed_block, pad_ids
+from hourllava_jax.kernels.masks import allowed_block
 
 
-def _pad_to(x: jax.Array, length: int, axis: int = 1) -> jax.Array:
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, length - x.shape[axis])
-    return jnp.pad(x, pad)
-
-
-def _key_chunks(iq: jax.Array, block_q: int, block_k: int, nk: int, q_offset: jax.Array, causal: bool) -> jax.Array:
-    """Number of key chunks query chunk ``iq`` can see (all of them unless causal)."""
+def _key_chunks(q0: jax.Array, block_q: int, block_k: int, nk: int, q_offset: jax.Array, causal: bool) -> jax.Array:
+    """Number of key chunks the query chunk starting at ``q0`` can see (all of them unless causal)."""
     if not causal:
         return jnp.int32(nk)
-    last_visible = iq * block_q + block_q - 1 + jnp.max(q_offset)  # highest visible key index
+    last_visible = q0 + block_q - 1 + jnp.max(q_offset)  # highest visible key index
     return jnp.clip(jax.lax.div(last_visible, block_k) + 1, 0, nk).astype(jnp.int32)
 
 
-def _scores(qi, kj, q_pos, k_pos, qid, kid, q_offset, scale, causal):
-    """Masked scores f32[B, K, G, bq, bk] and the mask bool[B, 1, 1, bq, bk] of one tile."""
+def _start(i: jax.Array, block: int, length: int) -> tuple[jax.Array, jax.Array]:
+    """(nominal start i·block, clamped start so the chunk ends inside the sequence)."""
+    nominal = i * block
+    return nominal, jnp.minimum(nominal, length - block)
+
+
+def _scores(qi, kj, q0, k0, k_new, qid, kid, q_offset, scale, causal):
+    """Masked scores f32[B, K, G, bq, bk] and the mask bool[B, 1, 1, bq, bk] of one tile.
+
+    k_new: index of the first key not seen by an earlier chunk (keys before it are masked).
+    """
     s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
+    q_pos = q0 + jnp.arange(qi.shape[1])
+    k_pos = k0 + jnp.arange(kj.shape[1])
     allowed = allowed_block(q_pos[None, :, None], k_pos[None, None, :], qid[:, :, None], kid[:, None, :], q_offset[:, None, None], causal)
+    allowed = allowed & (k_pos >= k_new)[None, None, :]
     return s, allowed[:, None, None]
 
 
+def _slice(x, start, size, axis=1):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
 def chunked_fwd(q, k, v, q_offset, q_ids, kv_ids, *, scale, causal, block_q, block_k):
-    """Returns o float[B, Lq, H, D] (q's dtype) and lse f32[B, H, Lq]."""
+    """Returns o float[B, Lq, H, D] (q's dtype) and lse f32[B, H, Lq]. Needs block_q <= Lq, block_k <= Lk."""
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
     g = h // kh
     nq, nk = -(-lq // block_q), -(-lk // block_k)
-    qp = _pad_to(q, nq * block_q).reshape(b, nq * block_q, kh, g, d)
-    kp, vp = _pad_to(k, nk * block_k), _pad_to(v, nk * block_k)
-    q_ids, kv_ids = pad_ids(q_ids, kv_ids, nq * block_q, nk * block_k)
+    qg = q.reshape(b, lq, kh, g, d)
 
     def q_chunk(iq, carry):
         o_all, lse_all = carry
-        q0 = iq * block_q
-        qi = jax.lax.dynamic_slice_in_dim(qp, q0, block_q, 1)
-        qid = jax.lax.dynamic_slice_in_dim(q_ids, q0, block_q, 1)
-        q_pos = q0 + jnp.arange(block_q)
+        _, q0 = _start(iq, block_q, lq)
+        qi, qid = _slice(qg, q0, block_q), _slice(q_ids, q0, block_q)
 
         def k_chunk(jk, state):
             m, l, acc = state
-            k0 = jk * block_k
-            kj = jax.lax.dynamic_slice_in_dim(kp, k0, block_k, 1)
-            vj = jax.lax.dynamic_slice_in_dim(vp, k0, block_k, 1)
-            kid = jax.lax.dynamic_slice_in_dim(kv_ids, k0, block_k, 1)
-            s, allowed = _scores(qi, kj, q_pos, k0 + jnp.arange(block_k), qid, kid, q_offset, scale, causal)
+            k_new, k0 = _start(jk, block_k, lk)
+            kj, vj = _slice(k, k0, block_k), _slice(v, k0, block_k)
+            s, allowed = _scores(qi, kj, q0, k0, k_new, qid, _slice(kv_ids, k0, block_k), q_offset, scale, causal)
             m_new = jnp.maximum(m, jnp.max(jnp.where(allowed, s, NEG_LSE), axis=-1))
             # The where (not a -inf fill) keeps fully masked rows at exactly 0 probability.
             p = jnp.where(allowed, jnp.exp(s - m_new[..., None]), 0.0)
@@ -72,17 +78,17 @@ def chunked_fwd(q, k, v, q_offset, q_ids, kv_ids, *, scale, causal, block_q, blo
             jnp.zeros((b, kh, g, block_q), jnp.float32),
             jnp.zeros((b, kh, g, block_q, d), jnp.float32),
         )
-        m, l, acc = jax.lax.fori_loop(0, _key_chunks(iq, block_q, block_k, nk, q_offset, causal), k_chunk, init)
+        m, l, acc = jax.lax.fori_loop(0, _key_chunks(q0, block_q, block_k, nk, q_offset, causal), k_chunk, init)
         safe_l = jnp.where(l > 0, l, 1.0)
         o = (acc / safe_l[..., None]).transpose(0, 3, 1, 2, 4).reshape(b, block_q, h, d)
         lse = jnp.where(l > 0, m + jnp.log(safe_l), NEG_LSE).reshape(b, h, block_q)
+        # A clamped last chunk rewrites rows of the previous one with identical values.
         o_all = jax.lax.dynamic_update_slice_in_dim(o_all, o.astype(q.dtype), q0, 1)
         lse_all = jax.lax.dynamic_update_slice_in_dim(lse_all, lse, q0, 2)
         return o_all, lse_all
 
-    init = (jnp.zeros((b, nq * block_q, h, d), q.dtype), jnp.zeros((b, h, nq * block_q), jnp.float32))
-    o, lse = jax.lax.fori_loop(0, nq, q_chunk, init)
-    return o[:, :lq], lse[:, :, :lq]
+    init = (jnp.zeros((b, lq, h, d), q.dtype), jnp.zeros((b, h, lq), jnp.float32))
+    return jax.lax.fori_loop(0, nq, q_chunk, init)
 
 
 def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, block_q, block_k):
@@ -91,58 +97,51 @@ def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, 
     lk, kh = k.shape[1], k.shape[2]
     g = h // kh
     nq, nk = -(-lq // block_q), -(-lk // block_k)
-    lqp, lkp = nq * block_q, nk * block_k
-    qp = _pad_to(q, lqp).reshape(b, lqp, kh, g, d)
-    dop = _pad_to(do.astype(q.dtype), lqp).reshape(b, lqp, kh, g, d)
-    kp, vp = _pad_to(k, lkp), _pad_to(v, lkp)
-    q_ids, kv_ids = pad_ids(q_ids, kv_ids, lqp, lkp)
+    qg = q.reshape(b, lq, kh, g, d)
+    dog = do.astype(q.dtype).reshape(b, lq, kh, g, d)
     # delta_i = sum_d dO·O: the softmax-Jacobian term, one number per query row.
-    delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))
-    delta = _pad_to(delta, lqp, axis=2).reshape(b, kh, g, lqp)
-    lse = _pad_to(lse, lqp, axis=2).reshape(b, kh, g, lqp)
+    delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o.astype(jnp.float32)).reshape(b, kh, g, lq)
+    lse = lse.reshape(b, kh, g, lq)
 
     def q_chunk(iq, carry):
         dq_all, dk_all, dv_all = carry
-        q0 = iq * block_q
-        qi = jax.lax.dynamic_slice_in_dim(qp, q0, block_q, 1)
-        doi = jax.lax.dynamic_slice_in_dim(dop, q0, block_q, 1)
-        qid = jax.lax.dynamic_slice_in_dim(q_ids, q0, block_q, 1)
-        lse_i = jax.lax.dynamic_slice_in_dim(lse, q0, block_q, 3)
-        delta_i = jax.lax.dynamic_slice_in_dim(delta, q0, block_q, 3)
-        q_pos = q0 + jnp.arange(block_q)
+        q_new, q0 = _start(iq, block_q, lq)
+        qi, doi, qid = _slice(qg, q0, block_q), _slice(dog, q0, block_q), _slice(q_ids, q0, block_q)
+        lse_i, delta_i = _slice(lse, q0, block_q, 3), _slice(delta, q0, block_q, 3)
+        # Rows a clamped chunk shares with the previous one must not add to dK/dV a second time.
+        fresh = (q0 + jnp.arange(block_q)) >= q_new
 
         def k_chunk(jk, state):
             dq_i, dk_all, dv_all = state
-            k0 = jk * block_k
-            kj = jax.lax.dynamic_slice_in_dim(kp, k0, block_k, 1)
-            vj = jax.lax.dynamic_slice_in_dim(vp, k0, block_k, 1)
-            kid = jax.lax.dynamic_slice_in_dim(kv_ids, k0, block_k, 1)
-            s, allowed = _scores(qi, kj, q_pos, k0 + jnp.arange(block_k), qid, kid, q_offset, scale, causal)
+            k_new, k0 = _start(jk, block_k, lk)
+            kj, vj = _slice(k, k0, block_k), _slice(v, k0, block_k)
+            s, allowed = _scores(qi, kj, q0, k0, k_new, qid, _slice(kv_ids, k0, block_k), q_offset, scale, causal)
+            allowed = allowed & fresh[None, None, None, :, None]
             p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
             dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
             ds = (p * (dp - delta_i[..., None]) * scale).astype(q.dtype)
             dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p.astype(q.dtype), doi, preferred_element_type=jnp.float32)
             dk_j = jnp.einsum("bkgqs,bqkgd->bskd", ds, qi, preferred_element_type=jnp.float32)
             dq_i = dq_i + jnp.einsum("bkgqs,bskd->bqkgd", ds, kj, preferred_element_type=jnp.float32)
-            dk_all = jax.lax.dynamic_update_slice_in_dim(dk_all, jax.lax.dynamic_slice_in_dim(dk_all, k0, block_k, 1) + dk_j, k0, 1)
-            dv_all = jax.lax.dynamic_update_slice_in_dim(dv_all, jax.lax.dynamic_slice_in_dim(dv_all, k0, block_k, 1) + dv_j, k0, 1)
+            dk_all = jax.lax.dynamic_update_slice_in_dim(dk_all, _slice(dk_all, k0, block_k) + dk_j, k0, 1)
+            dv_all = jax.lax.dynamic_update_slice_in_dim(dv_all, _slice(dv_all, k0, block_k) + dv_j, k0, 1)
             return dq_i, dk_all, dv_all
 
         dq_i = jnp.zeros((b, block_q, kh, g, d), jnp.float32)
         dq_i, dk_all, dv_all = jax.lax.fori_loop(
-            0, _key_chunks(iq, block_q, block_k, nk, q_offset, causal), k_chunk, (dq_i, dk_all, dv_all)
+            0, _key_chunks(q0, block_q, block_k, nk, q_offset, causal), k_chunk, (dq_i, dk_all, dv_all)
         )
+        dq_i = jnp.where(fresh[None, :, None, None, None], dq_i, _slice(dq_all, q0, block_q))  # keep finished rows
         dq_all = jax.lax.dynamic_update_slice_in_dim(dq_all, dq_i, q0, 1)
         return dq_all, dk_all, dv_all
 
     init = (
-        jnp.zeros((b, lqp, kh, g, d), jnp.float32),
-        jnp.zeros((b, lkp, kh, d), jnp.float32),
-        jnp.zeros((b, lkp, kh, d), jnp.float32),
+        jnp.zeros((b, lq, kh, g, d), jnp.float32),
+        jnp.zeros((b, lk, kh, d), jnp.float32),
+        jnp.zeros((b, lk, kh, d), jnp.float32),
     )
     dq, dk, dv = jax.lax.fori_loop(0, nq, q_chunk, init)
-    dq = dq.reshape(b, lqp, h, d)[:, :lq].astype(q.dtype)
-    return dq, dk[:, :lk].astype(k.dtype), dv[:, :lk].astype(v.dtype)
+    return dq.reshape(b, lq, h, d).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 chunked_attention = make_attention(chunked_fwd, chunked_bwd)

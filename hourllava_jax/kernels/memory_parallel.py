@@ -55,10 +55,11 @@ def _shard_offset(q_offset, axis, shard_len, causal):
     return q_offset - jax.lax.axis_index(axis) * shard_len if causal else q_offset
 
 
-def _make(mesh, axis: str, impl: str, opts: tuple):
+def _make(mesh, axis: str, batch_axis: str | None, impl: str, opts: tuple):
     fwd, bwd = _raw(impl)
     kw = dict(opts)
-    rep, kv_spec, ids_spec = P(), P(None, axis), P(None, axis)
+    # q-like operands: split on batch only (replicated over the memory axis); keys: batch and Lk.
+    rep, kv_spec, ids_spec = P(batch_axis), P(batch_axis, axis), P(batch_axis, axis)
     smap = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
 
     def local_fwd(q, k, v, q_off, q_ids, kv_ids):
@@ -106,12 +107,13 @@ def memory_parallel_attention(
     impl: str = "chunked",
     block_sizes: BlockSizes | None = None,
     interpret: bool | None = None,
+    batch_axis: str | None = None,
 ) -> jax.Array:
     """Attention with k/v split along Lk over mesh axis ``axis``; returns float[B, Lq, H, D].
 
     q float[B, Lq, H, D] is replicated over ``axis``; k, v float[B, Lk, K, D] are sharded on Lk
-    (padded to a multiple of the axis size with masked keys). Other mesh axes are not used here:
-    inputs are replicated over them. impl: chunked | pallas_tpu | pallas_gpu runs on each shard
+    (padded to a multiple of the axis size with masked keys). batch_axis: an optional mesh axis
+    (e.g. ``data``) that splits B for every operand; other mesh axes are replicated. impl: chunked | pallas_tpu | pallas_gpu runs on each shard
     ("reference" and "auto" resolve to the backend default since they have no lse output).
     """
     from hourllava_jax.kernels import AttentionInputError, _check, _check_mask, default_impl
@@ -121,6 +123,8 @@ def memory_parallel_attention(
         raise AttentionInputError(f"mesh axes {mesh.axis_names} have no {axis!r} axis for memory-parallel attention")
     n = mesh.shape[axis]
     b, lq, _, d = q.shape
+    if batch_axis is not None and (batch_axis not in mesh.axis_names or b % mesh.shape[batch_axis]):
+        raise AttentionInputError(f"batch_axis {batch_axis!r} must be a mesh axis {mesh.axis_names} whose size divides batch {b}")
     lk = k.shape[1]
     mask = MaskSpec(causal=causal, q_offset=q_offset, kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
     _check_mask(mask, b, lq, lk)
@@ -135,7 +139,7 @@ def memory_parallel_attention(
     from hourllava_jax.kernels import build
 
     _, opts = build(impl, lq, lkp // n, causal=causal, scale=scale, block_sizes=block_sizes, interpret=interpret)
-    return _make(mesh, axis, impl, opts)(q, k, v, q_off, q_ids, kv_ids)
+    return _make(mesh, axis, batch_axis, impl, opts)(q, k, v, q_off, q_ids, kv_ids)
 
 
 __all__ = ["combine_partials", "memory_parallel_attention"]

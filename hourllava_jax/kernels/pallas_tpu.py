@@ -7,7 +7,8 @@ Grouped-query heads: the grid walks (batch, kv head, group member, ...) and a qu
 index maps need no integer division, which Mosaic lowering from CPU rejects).
 The reduction axis is always the last grid axis ("arbitrary"), accumulating into VMEM scratch:
 keys for forward and dQ; (group member, query tile) for dK/dV, which sum over the group.
-q_offset (int32[B]) is a scalar-prefetch operand so causal tiles above the diagonal are skipped.
+q_offset (int32[B]) is a scalar-prefetch operand so causal tiles above the diagonal are skipped:
+no compute (``pl.when``) and no DMA (their index maps repeat the last visible tile's index).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ features           float[B, U, P, C]            visual units (video frames alrea
                                                 P = p² tokens, or image crops), before the
                                                 projector; or instead:
 pixels             float[B, U, S, S, 3]         normalised frames/crops for the vision tower
-memory_src         int32[B, M]                  see :mod:`hourllava_jax.model.layout`
+memory_src         int32[B, M]                  see :mod:`hourllava_jax.model.layout`;
+                   or int32[B, M, 4]            with ``memory_w``: anyres images (SPEC §1.6)
+memory_w           float32[B, M, 4] (optional)  tap weights: slot = sum_t w_t·projected[src_t]
 memory_pos         int32[B, M]                  RoPE ids of the memory slots
 decayed            int32[B, K, N]               memory slots of each placeholder's decayed
                                                 tokens (-1 = padding)
@@ -76,13 +78,28 @@ class HourLlava(nnx.Module):
         """float[..., C] -> float[..., H] (mlp2x_gelu)."""
         return self.projector(features.astype(self.dtype))
 
-    def build_memory(self, projected: jax.Array, memory_src: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def build_memory(self, projected: jax.Array, memory_src: jax.Array, memory_w: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Gathers the memory repository: projected float[B, U·P, H], memory_src int32[B, M]
-        -> (memory float[B, M, H], valid bool[B, M])."""
-        tok = jnp.take_along_axis(projected, jnp.clip(memory_src, 0)[..., None], axis=1)
+        -> (memory float[B, M, H], valid bool[B, M]).
+
+        With ``memory_w`` float32[B, M, T] (anyres images, SPEC §1.6), ``memory_src`` is
+        int32[B, M, T] and a slot is ``sum_t w_t * projected[src_t]`` over taps with src_t >= 0
+        (the bilinear downscale after the projector); tap 0 carries NEWLINE / PAD as usual.
+        """
+        if memory_w is None:  # videos: one gather, the M = 234k path
+            head = memory_src
+            tok = jnp.take_along_axis(projected, jnp.clip(memory_src, 0)[..., None], axis=1)
+        else:
+            head = memory_src[..., 0]
+            tok = jnp.zeros(memory_src.shape[:2] + projected.shape[-1:], jnp.float32)
+            for t in range(memory_src.shape[-1]):  # accumulate tap by tap: never a [B, M, T, H] gather
+                src = memory_src[..., t]
+                x = jnp.take_along_axis(projected, jnp.clip(src, 0)[..., None], axis=1).astype(jnp.float32)
+                tok = tok + jnp.where(src >= 0, memory_w[..., t], 0.0)[..., None].astype(jnp.float32) * x
+            tok = tok.astype(projected.dtype)
         nl = self.image_newline[...].astype(tok.dtype)
-        mem = jnp.where((memory_src == NEWLINE)[..., None], nl, tok)
-        valid = memory_src != PAD
+        mem = jnp.where((head == NEWLINE)[..., None], nl, tok)
+        valid = head != PAD
         return jnp.where(valid[..., None], mem, 0), valid
 
     # -- forward -----------------------------------------------------------------------------
@@ -108,7 +125,7 @@ class HourLlava(nnx.Module):
             return LLMInputs(text, labels if labels is not None else jnp.full_like(ids, IGNORE), jnp.broadcast_to(jnp.arange(length), (b, length)), mask)
         feats = self.visual_features(batch, video=video)
         projected = self.project(feats).reshape(b, -1, cfg.llm.hidden_size)
-        memory, mem_valid = self.build_memory(projected, batch["memory_src"])
+        memory, mem_valid = self.build_memory(projected, batch["memory_src"], batch.get("memory_w"))
         mem_pos = batch["memory_pos"].astype(jnp.int32)
         dec = batch["decayed"]
         dvalid = dec >= 0

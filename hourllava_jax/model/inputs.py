@@ -17,8 +17,9 @@ from hourllava_jax.model.splice import IGNORE
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """input_ids/labels int32[L]; features float[U, P, C] (pre-projector visual units) or None
-    for text-only; layout: the sample's :class:`VisualLayout` (None for text-only)."""
+    """input_ids/labels int32[L]; features float[U, P, C] (pre-projector visual units: video
+    frames, or an image's [base, crops...] / a multi-image sample's images) or None for
+    text-only; layout: the sample's :class:`VisualLayout` (None for text-only)."""
 
     input_ids: np.ndarray
     labels: np.ndarray | None = None
@@ -61,14 +62,28 @@ def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, 
     visual = [s for s in samples if s.features is not None]
     if not visual:
         return batch
-    u = _round_up(max(s.features.shape[0] for s in visual), unit_multiple)
-    p, c = visual[0].features.shape[1:]
-    feats = np.zeros((b, u, p, c), visual[0].features.dtype)
-    for i, s in enumerate(samples):
-        if s.features is not None:
-            if s.features.shape[1:] != (p, c):
-                raise ValueError(f"sample {i}: features {s.features.shape} do not match [U, {p}, {c}]")
-            feats[i, : s.features.shape[0]] = s.features
+    feats = _pack_features(samples, unit_multiple)
     lay = collate_layouts([s.layout for s in samples], memory_multiple=memory_multiple, decayed_multiple=decayed_multiple)
     batch.update(features=feats, memory_src=lay.memory_src, memory_pos=lay.memory_pos, decayed=lay.decayed)
+    if lay.memory_w is not None:
+        batch["memory_w"] = lay.memory_w
     return batch
+
+
+def _pack_features(samples: list[Sample], unit_multiple: int) -> np.ndarray:
+    """float[B, U, P, C] with P the largest units' token count. The model only ever sees a
+    sample's tokens flattened (``memory_src`` indexes ``unit * P_i + token``), so samples with
+    smaller units (a video's p² pooled tokens next to an image's g² crops) are packed as their
+    flat token list cut into units of P; with one P for all samples this is plain padding."""
+    visual = [s.features for s in samples if s.features is not None]
+    c = visual[0].shape[-1]
+    for i, s in enumerate(samples):
+        if s.features is not None and (s.features.ndim != 3 or s.features.shape[-1] != c):
+            raise ValueError(f"sample {i}: features {s.features.shape} do not match [U, P, {c}]")
+    p = max(f.shape[1] for f in visual)
+    u = _round_up(max(-(-(f.shape[0] * f.shape[1]) // p) for f in visual), unit_multiple)
+    feats = np.zeros((len(samples), u * p, c), visual[0].dtype)
+    for i, s in enumerate(samples):
+        if s.features is not None:
+            feats[i, : s.features.shape[0] * s.features.shape[1]] = np.asarray(s.features).reshape(-1, c)
+    return feats.reshape(len(samples), u, p, c)

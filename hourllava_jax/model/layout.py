@@ -10,6 +10,13 @@ they are computed here in numpy, once per sample, and padded to static buckets b
 Index conventions of ``memory_src``: ``>= 0`` a projected token of the sample's visual units
 flattened as ``unit * tokens_per_unit + token``; :data:`NEWLINE` the learned newline;
 :data:`PAD` an empty slot (masked out of attention).
+
+Images (SPEC §1.6) need more than a gather: an anyres grid larger than ``max_crops`` crops is
+bilinear-downscaled after the projector, and a bilinear resize is a linear map in which each
+output token mixes at most 2 x 2 input tokens. So an image layout carries a 4-tap map,
+``memory_src`` int32[M, 4] and ``memory_w`` float32[M, 4]: slot = sum_t w_t * projected[src_t]
+over taps with src_t >= 0, tap 0 also carrying NEWLINE / PAD. Videos keep the 1-tap int32[M]
+map (their M reaches 234k, and 4 taps would gather 4x the memory).
 """
 
 from __future__ import annotations
@@ -20,23 +27,27 @@ import jax
 import numpy as np
 
 from hourllava_jax.config import MemoryConfig
+from hourllava_jax.model.anyres import _insert_row_newlines, base_position_ids, unpad_slices
 from hourllava_jax.model.forgetting import spatial_keep_indices, temporal_frame_indices
-from hourllava_jax.model.memory import repeat_indices
+from hourllava_jax.model.memory import _bilinear_matrix, repeat_indices
 
 NEWLINE = -1
 PAD = -2
+TAPS = 4  # a bilinear output token mixes at most 2 x 2 input tokens
 
 
 @dataclasses.dataclass(frozen=True)
 class VisualLayout:
     """One sample. ``memory_src``/``memory_pos`` int32[M]; ``decayed``: one int32[N_k] array of
     memory slots per ``<image>`` placeholder, in placeholder order; ``frame_indices``: the input
-    frames whose decayed tokens were kept (video only; for reports)."""
+    frames whose decayed tokens were kept (video only; for reports). With ``memory_w``
+    float32[M, TAPS] (anyres images) ``memory_src`` is int32[M, TAPS] (see the module docstring)."""
 
     memory_src: np.ndarray
     memory_pos: np.ndarray
     decayed: tuple[np.ndarray, ...]
     frame_indices: np.ndarray | None = None
+    memory_w: np.ndarray | None = None
 
     @property
     def num_memory(self) -> int:
@@ -71,29 +82,104 @@ def video_layout(num_frames: int, cfg: MemoryConfig, *, key: jax.Array | None = 
 
 
 def multi_image_layout(num_images: int, tokens_per_image: int, cfg: MemoryConfig, *, key: jax.Array | None = None) -> VisualLayout:
-    """Several images in one sample (SPEC §1.6): each its tokens then a newline; ids
-    ``arange(N·tokens)`` and one newline id ``N·tokens`` shared by all; each placeholder's query
-    block is a random ceil(25%) of its own image's tokens (ascending) plus its newline."""
+    """Several images in one sample (SPEC §1.6), the batched form of
+    :func:`~hourllava_jax.model.anyres.build_multi_image_memory`: each image's g² tokens then a
+    newline; ids ``arange(N·g²)`` and one newline id ``N·g²`` shared by all; each placeholder's
+    query block is its own image's kept tokens (``cfg.spatial_mode``: ``random`` ceil(25%) drawn
+    from ``key`` as that function draws them, or ``uniform`` [::2, ::2]) plus its newline.
+    Features: units = the N images, g² tokens each."""
     n, m = num_images, tokens_per_image
+    g = int(round(m**0.5))
+    if n < 1 or g * g != m:
+        raise ValueError(f"multi-image layout: need >= 1 image of a square token grid, got {n} x {m}")
     src = np.concatenate([np.arange(n * m).reshape(n, m), np.full((n, 1), NEWLINE)], axis=1).reshape(-1)
     pos = np.concatenate([np.arange(n * m).reshape(n, m), np.full((n, 1), n * m)], axis=1).reshape(-1)
-    k = int(np.ceil(cfg.spatial_keep_ratio * m))
-    if key is None:  # deterministic: evenly spaced tokens
-        keep = np.stack([np.linspace(0, m - 1, k).astype(int)] * n)
-    else:
-        keep = np.sort(np.asarray(jax.random.uniform(key, (n, m))).argsort(-1)[:, :k], axis=-1)
+    keep = np.asarray(spatial_keep_indices(n, g, g, cfg.spatial_keep_ratio, cfg.spatial_mode, key))
     blocks = tuple(np.concatenate([i * (m + 1) + keep[i], [i * (m + 1) + m]]).astype(np.int32) for i in range(n))
     return VisualLayout(src.astype(np.int32), pos.astype(np.int32), blocks)
+
+
+def _row_taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32[n_out, n_in] interpolation matrix (<= 2 non-zeros a row) -> (int[n_out, 2] columns,
+    float32[n_out, 2] weights); a row with one non-zero gets a second tap of weight 0."""
+    idx = np.argsort(m == 0, axis=1, kind="stable")[:, :2]  # non-zero columns first, in order
+    return idx, np.take_along_axis(m, idx, axis=1)
+
+
+def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int, cfg: MemoryConfig, *,
+                 key: jax.Array | None = None) -> VisualLayout:
+    """One anyres_max_9 image (SPEC §1.6), the batched form of
+    :func:`~hourllava_jax.model.anyres.build_anyres_memory` (same slots, positions and draw).
+
+    Args:
+      image_size: original (width, height); num_patches: (npw, nph) crops, from
+        :func:`~hourllava_jax.model.anyres.anyres_grid_shape`; tokens_per_side: g (27 for SigLIP-384).
+      cfg: ``spatial_keep_ratio``, ``spatial_mode`` (``random`` needs ``key``), ``image_max_crops``.
+    Features: units = [base image, crop_0, ..., crop_{nph*npw-1}], g² tokens each (row-major).
+    Memory: g² base tokens, then the unpadded (possibly downscaled) h x w grid, each row followed
+    by the newline; memory_src/memory_w int32/float32[g² + h*(w+1), 4]. Decayed: one block, the
+    kept base tokens then the kept grid tokens with a newline at each row change and at the end.
+    """
+    (npw, nph), g = num_patches, tokens_per_side
+    gg = g * g
+    rows, cols = unpad_slices(nph * g, npw * g, image_size)
+    r0 = np.arange(nph * g)[rows]  # padded-grid rows / columns kept by unpadding
+    c0 = np.arange(npw * g)[cols]
+    h, w = len(r0), len(c0)
+    times = np.sqrt(h * w / (cfg.image_max_crops * gg))
+    if times > 1.1:  # bilinear downscale (anyres_grid_features): 2 taps per axis
+        rh, wh = _row_taps(_bilinear_matrix(h, int(h // times)))
+        rw, ww = _row_taps(_bilinear_matrix(w, int(w // times)))
+        r_src, c_src = r0[rh], c0[rw]  # [h', 2], [w', 2]
+    else:
+        r_src, c_src = r0[:, None], c0[:, None]
+        wh, ww = np.ones((h, 1), np.float32), np.ones((w, 1), np.float32)
+    h, w = len(r_src), len(c_src)
+    # token of padded-grid (R, C): crop (R // g, C // g), after the base unit, at (R % g, C % g)
+    rr, cc = r_src[:, None, :, None], c_src[None, :, None, :]  # [h, w, a, b]
+    tok = (1 + (rr // g) * npw + cc // g) * gg + (rr % g) * g + cc % g
+    wt = (wh[:, None, :, None] * ww[None, :, None, :]).astype(np.float32)
+    tok = np.where(wt != 0, tok, PAD).reshape(h, w, -1)
+    wt = wt.reshape(h, w, -1)
+    taps = tok.shape[-1]
+    grid_src = np.full((h, w + 1, TAPS), PAD, np.int64)
+    grid_w = np.zeros((h, w + 1, TAPS), np.float32)
+    grid_src[:, :w, :taps], grid_w[:, :w, :taps] = tok, wt
+    grid_src[:, w, 0], grid_w[:, w, 0] = NEWLINE, 1.0
+    base_src = np.full((gg, TAPS), PAD, np.int64)
+    base_src[:, 0] = np.arange(gg)
+    base_w = np.zeros((gg, TAPS), np.float32)
+    base_w[:, 0] = 1.0
+    src = np.concatenate([base_src, grid_src.reshape(-1, TAPS)]).astype(np.int32)
+    wts = np.concatenate([base_w, grid_w.reshape(-1, TAPS)])
+    base_ids = base_position_ids(h, w, g).reshape(-1)
+    grid_ids = np.concatenate([np.arange(h * w).reshape(h, w), np.full((h, 1), h * w)], axis=1).reshape(-1)
+    pos = np.concatenate([base_ids, grid_ids]).astype(np.int32)
+
+    # The same draw as build_anyres_memory: split the key, base first, then the grid.
+    k_base, k_grid = jax.random.split(key) if key is not None else (None, None)
+    sel_b = np.asarray(spatial_keep_indices(1, g, g, cfg.spatial_keep_ratio, cfg.spatial_mode, k_base))[0]
+    sel_g = np.asarray(spatial_keep_indices(1, h, w, cfg.spatial_keep_ratio, cfg.spatial_mode, k_grid))[0]
+    with_nl = _insert_row_newlines(sel_g, w)  # grid ids, -1 = newline
+    # Grid id i sits in slot g² + row*(w+1) + col; a newline takes the newline slot of the row
+    # before it (every newline slot holds the same vector and the same id h*w).
+    prev = np.maximum.accumulate(np.where(with_nl < 0, -1, with_nl))
+    slot_nl = gg + (np.maximum(prev, 0) // w) * (w + 1) + w
+    slot_tok = gg + (with_nl // w) * (w + 1) + with_nl % w
+    decayed = np.concatenate([sel_b, np.where(with_nl < 0, slot_nl, slot_tok)]).astype(np.int32)
+    return VisualLayout(src, pos, (decayed,), memory_w=wts)
 
 
 @dataclasses.dataclass(frozen=True)
 class LayoutBatch:
     """Layouts padded to static shapes: ``memory_src``/``memory_pos`` int32[B, M],
-    ``decayed`` int32[B, K, N] (-1 = padding)."""
+    ``decayed`` int32[B, K, N] (-1 = padding). When any sample carries taps (anyres images),
+    ``memory_src`` is int32[B, M, TAPS] and ``memory_w`` float32[B, M, TAPS] for every sample."""
 
     memory_src: np.ndarray
     memory_pos: np.ndarray
     decayed: np.ndarray
+    memory_w: np.ndarray | None = None
 
 
 def _bucket(n: int, multiple: int) -> int:
@@ -107,7 +193,9 @@ def collate_layouts(layouts: list[VisualLayout | None], *, memory_multiple: int 
     k = max_placeholders or max((len(l.decayed) for l in layouts if l is not None), default=1)
     n = _bucket(max((len(d) for l in layouts if l is not None for d in l.decayed), default=1), decayed_multiple)
     b = len(layouts)
-    src = np.full((b, m), PAD, np.int32)
+    tapped = any(l is not None and l.memory_w is not None for l in layouts)
+    src = np.full((b, m, TAPS) if tapped else (b, m), PAD, np.int32)
+    wts = np.zeros((b, m, TAPS), np.float32) if tapped else None
     pos = np.zeros((b, m), np.int32)
     dec = np.full((b, max(k, 1), n), -1, np.int32)
     for i, l in enumerate(layouts):
@@ -115,8 +203,17 @@ def collate_layouts(layouts: list[VisualLayout | None], *, memory_multiple: int 
             continue
         if len(l.decayed) > dec.shape[1]:
             raise ValueError(f"sample {i}: {len(l.decayed)} placeholders exceed max_placeholders={dec.shape[1]}")
-        src[i, : l.num_memory] = l.memory_src
+        if not tapped:
+            src[i, : l.num_memory] = l.memory_src
+        elif l.memory_w is None:  # a 1-tap sample in a tapped batch: tap 0, weight 1
+            src[i, : l.num_memory, 0] = l.memory_src
+            wts[i, : l.num_memory, 0] = 1.0
+        else:
+            if l.memory_w.shape != l.memory_src.shape or l.memory_src.shape[1:] != (TAPS,):
+                raise ValueError(f"sample {i}: memory_src {l.memory_src.shape} / memory_w {l.memory_w.shape} are not [M, {TAPS}]")
+            src[i, : l.num_memory] = l.memory_src
+            wts[i, : l.num_memory] = l.memory_w
         pos[i, : l.num_memory] = l.memory_pos
         for j, d in enumerate(l.decayed):
             dec[i, j, : len(d)] = d
-    return LayoutBatch(src, pos, dec)
+    return LayoutBatch(src, pos, dec, wts)

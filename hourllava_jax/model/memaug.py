@@ -124,7 +124,7 @@ class CrossAttention(nnx.Module):
         return self.Wo(o.reshape(b, lq, nh * d))
 
 
-class MLP(nnx.Module):
+class MemAugMLP(nnx.Module):
     """fc0: H -> 4H, exact GELU, fc2: 4H -> H (the release's ``mlp.0`` / ``mlp.2``)."""
 
     def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
@@ -144,7 +144,7 @@ class MemAugBlock(nnx.Module):
         eps = dims.memaug.layer_norm_eps
         self.self_attn = SelfAttention(dims, **kw)
         self.cross_attn = CrossAttention(dims, **kw, mesh=mesh)
-        self.mlp = MLP(dims, **kw)
+        self.mlp = MemAugMLP(dims, **kw)
         self.norm1 = _layer_norm(dims.hidden, eps, rngs, dtype, param_dtype)
         self.norm2 = _layer_norm(dims.hidden, eps, rngs, dtype, param_dtype)
         self.norm3 = _layer_norm(dims.hidden, eps, rngs, dtype, param_dtype)
@@ -274,4 +274,4 @@ def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.n
     return pos.astype(np.int32), vis_idx.astype(np.int32)
 
 
-__all__ = ["CrossAttention", "MLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "memaug_hf_rules", "query_positions"]
+__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "memaug_hf_rules", "query_positions"]

@@ -176,6 +176,9 @@ class Qwen2(nnx.Module):
 
         if b != cache.mask.shape[0]:
             raise ValueError(f"Qwen2: batch {b} does not match the cache's {cache.mask.shape[0]}")
+        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + l > cache.max_len:
+            # dynamic_update_slice would clamp and silently overwrite; under jit the caller sizes it.
+            raise ValueError(f"Qwen2: {l} tokens at slot {int(cache.index)} overflow a cache of {cache.max_len} slots")
         step_mask = jnp.ones((b, l), bool) if attention_mask is None else attention_mask.astype(bool)
         kv_mask = cache.with_mask(step_mask)
         keys, values = [], []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -30,9 +29,6 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from hourllava_jax.train.state import TrainState
-
-log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------------------------
 # Data-iterator state: one JSON file per process.
@@ -111,10 +107,14 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_saved: int | None = None
 
+    def due(self, step: int) -> bool:
+        """Whether the interval asks for a checkpoint at ``step``."""
+        return step % self.every == 0
+
     def save(self, step: int, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
         """Starts a (possibly async) save if ``step`` is due or ``force``; returns whether it did."""
         # The interval is decided here (orbax's default policy also saves the first step seen).
-        if not force and step % self.every:
+        if not force and not self.due(step):
             return False
         if step == self._last_saved or step in self.manager.all_steps():
             return False  # e.g. the final save of a step the interval already saved
@@ -153,9 +153,9 @@ class Checkpointer:
             if _all_processes(error is None):
                 return result
             error = error or "another process failed to restore it"
-            log.warning("checkpoint %s under %s failed to restore (%s); falling back to the previous one",
-                        step, self.directory, error)
-            print(f"WARNING: checkpoint {step} is unusable ({error[:300]}); falling back to the previous one", flush=True)
+            if jax.process_index() == 0:
+                print(f"WARNING: checkpoint {step} under {self.directory} is unusable ({error[:300]}); "
+                      "falling back to the previous one", flush=True)
             self._quarantine(step)
         return None
 
@@ -163,8 +163,11 @@ class Checkpointer:
         multihost_utils.sync_global_devices(f"ckpt_quarantine_{step}_a")
         if jax.process_index() == 0:
             src = self.directory / str(step)
+            dst, n = self.directory / f"corrupt.{step}", 1
+            while dst.exists():  # the same step failed before (a later run re-saved it)
+                dst, n = self.directory / f"corrupt.{step}.{n}", n + 1
             if src.exists():
-                src.rename(self.directory / f"corrupt.{step}")
+                src.rename(dst)
         multihost_utils.sync_global_devices(f"ckpt_quarantine_{step}_b")
         self.manager.reload()
 

@@ -92,14 +92,27 @@ def train(
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
                                   grad_accum_steps=cfg.grad_accum_steps)
+        # One program per batch shape: the data pipeline buckets frame counts and lengths, so a
+        # run sees a handful of shapes; each is compiled ahead of time on first sight.
+        programs: dict[tuple, tuple[Any, float, int]] = {}
+
+        def program(batch: dict[str, np.ndarray]) -> tuple[Any, float, int]:
+            key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+            if key not in programs:
+                spec = {k: jax.ShapeDtypeStruct((v.shape[0] * pcount, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+                t0 = time.perf_counter()
+                compiled = compile_step(step_fn, mesh, ini.abstract_state, ini.shardings, spec)
+                flops = step_flops(compiled)
+                tokens = int(np.prod(spec["input_ids"].shape)) if "input_ids" in spec else 0
+                programs[key] = (compiled, flops, tokens)
+                if pidx == 0:
+                    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in spec.items())
+                    print(f"compiled train step #{len(programs)} in {time.perf_counter() - t0:.1f}s; "
+                          f"{flops:.3e} FLOPs/step/device; batch {shapes}", flush=True)
+            return programs[key]
+
         first = next(data)
-        spec = {k: jax.ShapeDtypeStruct((v.shape[0] * pcount, *v.shape[1:]), v.dtype) for k, v in first.items()}
-        t0 = time.perf_counter()
-        compiled = compile_step(step_fn, mesh, ini.abstract_state, ini.shardings, spec)
-        flops = step_flops(compiled)
-        tokens_per_step = int(np.prod(spec["input_ids"].shape)) if "input_ids" in spec else 0
-        if pidx == 0:
-            print(f"compiled train step in {time.perf_counter() - t0:.1f}s; {flops:.3e} FLOPs/step/device", flush=True)
+        program(first)
 
         # ---------------------------------------------------------------- iterate
         start = int(jax.device_get(state.step))
@@ -120,6 +133,7 @@ def train(
                     profiling = True
                 if batch is None:
                     batch = next(data)
+                compiled, flops, tokens_per_step = program(batch)
                 state, metrics = compiled(state, distributed.global_batch(batch, mesh))
                 batch = None
                 n = s + 1
@@ -136,7 +150,8 @@ def train(
                                 mfu=mfu(flops, dt, cfg.peak_flops_per_device))
                     logger.log(n, last)
                 logger.advance()
-                ckpt.save(n, state, data.get_state())
+                if ckpt.due(n):  # get_state() only when needed: grain's is not free
+                    ckpt.save(n, state, data.get_state())
                 if step_hook is not None:
                     step_hook(n)
                 if guard.requested():

@@ -92,3 +92,46 @@ def test_cli_tiny(videos, tmp_path, capsys):
                        str(MIN_FRAMES), "--batch-frames", "8", "--no-progress", "--process-index", "0", "--process-count", "1"])
     assert summary["counts"]["extracted"] == 3
     assert FeatureStore(tmp_path / "s").get(ef.list_videos(videos / "videos")[0][0]).features.shape[1:] == (16, 32)
+
+
+def test_end_to_end_video_to_features_to_batch_to_loss(videos, tmp_path):
+    """Extracted features -> grain pipeline -> the tiny HourLlava's loss (the batch contract holds)."""
+    import grain
+    import jax
+
+    from hourllava_jax.data.pipeline import PipelineConfig, RecordSource, make_feature_pipeline
+    from hourllava_jax.data.records import load_records
+    from hourllava_jax.data.tokenizer import build_tokenizer
+    from hourllava_jax.model.hour_llava import HourLlava, loss_fn
+
+    cfg = load_model_config("tiny")
+    enc = ef.build_encoder(None, tiny=True, batch_frames=8)
+    ef.extract_features(videos / "videos", tmp_path / "store", enc, min_frames=MIN_FRAMES, progress=False)
+    recs = load_records(videos / "synthetic.jsonl")
+    build_tokenizer(synthetic.corpus_texts(recs), cfg.llm.vocab_size, tmp_path / "tok")
+    pcfg = PipelineConfig(batch_size=2, frame_buckets=(16,), text_multiple=64, long_video_seconds=1e9)
+    pipe = make_feature_pipeline(RecordSource(videos / "synthetic.jsonl"), tokenizer_dir=tmp_path / "tok",
+                                 memory=cfg.memory, cfg=pcfg, store_dir=tmp_path / "store",
+                                 shard_options=grain.sharding.NoSharding())
+    batch = next(pipe)
+    assert batch["features"].shape == (2, 16, 16, cfg.vision.hidden_size)
+    model = HourLlava(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    loss, aux = jax.jit(lambda s, b: loss_fn(nnx.merge(graphdef, s), b))(state, batch)
+    assert np.isfinite(float(loss)) and int(aux["tokens"]) > 0
+
+
+def test_encoder_from_a_saved_siglip_checkpoint(tmp_path):
+    """``--model DIR`` goes through ``load_pretrained``; the encoder equals that model + pooling.
+    (A bare SigLIP directory is read the release's way, e.g. the penultimate layer: convert's rule.)"""
+    from hourllava_jax.convert import load_pretrained, save_pretrained
+
+    cfg = load_model_config("tiny")
+    save_pretrained(SiglipVisionTower(cfg.vision, rngs=nnx.Rngs(3)), cfg.vision, tmp_path / "siglip")
+    enc = ef.build_encoder(str(tmp_path / "siglip"), pool_size=cfg.memory.pool_size, batch_frames=8)
+    _, loaded = load_pretrained(tmp_path / "siglip")
+    frames = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    direct = np.asarray(pool_frames(loaded(normalize(frames)), cfg.memory.pool_size))
+    got = enc(frames)
+    assert got.shape == (5, 16, cfg.vision.hidden_size)
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)

@@ -141,3 +141,11 @@ def test_convert_release_pt_files(tmp_path, rng, torch_fp32):
     np.testing.assert_array_equal(store.get("panda/b").features, good.astype(ml_dtypes.bfloat16).astype(np.float32))
     again = convert_pt_features(files[:2], tmp_path / "store")
     assert again == {"converted": 0, "skipped_done": 2}
+
+
+@pytest.mark.parametrize("compression", ["uncompressed", "zstd:3", "snappy"])
+def test_compression_options_round_trip(tmp_path, rng, compression):
+    x = _feat(rng, 3)
+    with FeatureWriter(tmp_path, compression=compression) as w:
+        w.add("ds/a", x, 4.0)
+    np.testing.assert_array_equal(FeatureStore(tmp_path).get("ds/a").features, x)

@@ -3,6 +3,7 @@ independent KV-cache computation, and a full ``launch/evaluate.py`` run on a Vid
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -62,6 +63,15 @@ def _reference_loglikelihood(qa: VideoQA, item: EvalItem, cont: list[int]) -> fl
     return total
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _full_forward_logprobs(graphdef, state, embeds, ids):
+    """log p(ids[j] | embeds, ids[:j]) with one cache-free causal forward over the whole sequence."""
+    llm = nnx.merge(graphdef, state)
+    x = jnp.concatenate([embeds, llm.embed(ids[None])], axis=1)
+    logp = jax.nn.log_softmax(llm(inputs_embeds=x)[0, embeds.shape[1] - 1 : -1], axis=-1)
+    return jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
+
+
 def test_load_answerer_answers_items(env, tmp_path):
     from hourllava_jax.infer.answerer import ModelAnswerer, load_answerer
 
@@ -95,6 +105,14 @@ def test_option_loglikelihoods_match_token_by_token_decoding(env):
     for i, opt in enumerate(item.options):
         cont = tok.encode(ans.continuation("ABCD"[i], opt), add_special_tokens=False)
         np.testing.assert_allclose(ll[i], _reference_loglikelihood(qa, item, cont), rtol=1e-4, atol=1e-3)
+    # And against a cache-free forward over prompt + continuation (no KV cache code at all).
+    enc, _ = qa.encode(item.video)
+    embeds, valid = qa.llm_inputs([qa.prompt_ids(build_prompt(item, enc.timestamps.tolist()), enc)], enc)
+    n = int(valid[0].sum())
+    g, st = nnx.split(model.llm)
+    for i, opt in enumerate(item.options):
+        cont = jnp.asarray(tok.encode(ans.continuation("ABCD"[i], opt), add_special_tokens=False), jnp.int32)
+        np.testing.assert_allclose(ll[i], float(_full_forward_logprobs(g, st, embeds[:, :n], cont).sum()), rtol=1e-4, atol=1e-3)
 
 
 def _write_videomme(root: Path) -> None:

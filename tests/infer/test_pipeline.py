@@ -198,3 +198,12 @@ def test_from_pretrained_and_cli_give_the_same_answer(env, checkpoint, capsys):
     assert "16 frames" in out.err and "features: disk" in out.err and "features: memory" in out.err
     rc = main(["--checkpoint", str(checkpoint), "--video", str(d / "nope.mp4"), "--question", Q1])
     assert rc == 2 and "nope.mp4: missing_file" in capsys.readouterr().err
+
+
+def test_too_long_prompt_is_an_error_not_a_silent_cut(env):
+    import dataclasses
+
+    _, cfg, model, tok, videos, _ = env
+    short = VideoQA(model, dataclasses.replace(cfg, max_length=60), tok)
+    with pytest.raises(DataError, match=r"a\.mp4: too_long: .* exceed max_length 60"):
+        short.answer(videos["a"], Q1, max_new_tokens=N)

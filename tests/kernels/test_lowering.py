@@ -57,3 +57,17 @@ def test_export_siglip_head_dim(impl):
     x = jax.ShapeDtypeStruct((1, 729, 16, 72), jnp.float32)
     text = _export(lambda q, k, v: attention(q, k, v, impl=impl, interpret=False), platform, x, x, x)
     assert custom_call in text
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_export_gradient_7b_group_of_seven(impl):
+    """Hour-LLaVA-7B heads (28 q / 4 kv: G = 7), ragged lengths, causal with per-row offsets."""
+    platform, custom_call = PLATFORM[impl]
+    q = jax.ShapeDtypeStruct((2, 320, 28, D), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((2, 1000, 4, D), jnp.bfloat16)
+
+    def grad(q, k, v):
+        loss = lambda q, k, v: attention(q, k, v, causal=True, q_offset=jnp.array([680, 0]), impl=impl, interpret=False)
+        return jax.grad(lambda q, k, v: loss(q, k, v).astype(jnp.float32).sum(), (0, 1, 2))(q, k, v)
+
+    assert _export(grad, platform, q, kv, kv).count(custom_call) >= 3

@@ -168,3 +168,14 @@ def test_bf16_compute_tracks_fp32(cfg):
     l16 = np.asarray(_forward(m16, batch)[0]).astype(np.float32)
     assert _forward(m16, batch)[0].dtype == jnp.bfloat16
     np.testing.assert_allclose(l16, l32, atol=0.1)
+
+
+def test_every_parameter_has_logical_axes_from_the_vocabulary(cfg):
+    from hourllava_jax.parallel import axes
+
+    names = {v for k, v in vars(axes).items() if k.isupper() and isinstance(v, str)}
+    abstract = nnx.eval_shape(lambda: HourLlava(cfg, rngs=nnx.Rngs(0)))
+    for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        ax = v.get_metadata().get("out_sharding")
+        assert ax is not None and len(ax) == len(v.get_value().shape), path
+        assert all(a is None or a in names for a in ax), (path, ax)

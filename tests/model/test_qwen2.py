@@ -58,6 +58,17 @@ def test_right_padding_matches_hf_on_valid_positions(torch_fp32, rng, twin):
     np.testing.assert_allclose(out[2, :4], alone[0], atol=1e-5, rtol=0)
 
 
+def test_long_positions_match_hf(torch_fp32, rng, twin):
+    """Hour-LLaVA prompts reach 32k positions: RoPE angles must agree there too (fp32 angles)."""
+    torch = torch_fp32
+    hf, model = twin
+    ids = rng.integers(0, 97, (1, 8))
+    pos = np.array([[0, 1, 2, 9000, 9001, 20000, 32000, 32767]])
+    ref = to_np(hf(torch.tensor(ids), position_ids=torch.tensor(pos)).logits)
+    out = np.asarray(model(jnp.asarray(ids), positions=jnp.asarray(pos, jnp.int32)))
+    np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+
+
 def test_inputs_embeds_equals_input_ids(rng, twin):
     _, model = twin
     ids = jnp.asarray(rng.integers(0, 97, (2, 9)), jnp.int32)
@@ -80,6 +91,8 @@ def test_kv_cache_decoding_equals_full_forward(rng, twin):
         logits, cache = step(model, ids[:, t : t + 1], cache)
         got.append(np.asarray(logits))
     assert int(cache.index) == 12 and np.asarray(cache.mask).sum() == 24
+    with pytest.raises(ValueError, match="overflow"):
+        model(ids[:, :5], cache=cache)  # 12 + 5 > 16 slots
     np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5, rtol=0)
 
 
