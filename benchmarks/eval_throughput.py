@@ -157,7 +157,7 @@ def main() -> None:
         benchmark="eval_throughput",
         what="questions/s of ModelAnswerer.answer, tiny config (random init), CPU, greedy",
         setup=dict(videos=args.videos, questions_per_video=args.questions, video=f"320x240 {args.fps} fps H.264, {args.seconds:g} s",
-                   frames_per_video=frames, max_new_tokens=args.max_new_tokens),
+                   frames_per_video=frames, max_new_tokens=args.max_new_tokens, repeats_best_of=args.repeats),
         compile_warmup_s=round(compile_s, 2), stage_seconds_one_uncached_question=stage,
         answers_identical_across_modes=identical,
         machine=dict(cpus=os.cpu_count(), platform=platform.platform(), loadavg_before=load_before, loadavg_after=os.getloadavg()),

@@ -12,7 +12,8 @@ size (SPEC §1.1), SigLIP (fp32), bilinear resize of the grid to p x p per frame
 stored as float[N, p², C] with the duration (``data/features.py``).
 
 Sharding: videos are sorted and process ``i`` takes every ``P``-th one from ``i``
-(``--process-index/--process-count``, default ``jax.process_index()/process_count()``); each
+(``--process-index/--process-count``, default ``jax.process_index()/process_count()`` or the
+SLURM task id/count); each
 process writes as its own writer. Within a process, frames are batched over the local devices
 with a sharded ``jax.jit``. Resumable: videos already in the store (any writer) are skipped, and
 so are recorded failures unless ``--retry-failed``. Bad videos are recorded under ``failed/``
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -163,6 +165,14 @@ def extract_features(video_root: str | Path, store: str | Path, encoder: FrameEn
     return dict(counts)
 
 
+def default_process() -> tuple[int, int]:
+    """(index, count): jax's, or SLURM's task id/count when jax.distributed is not initialised
+    (extraction needs no collectives, so each task can run it independently)."""
+    if jax.process_count() == 1 and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+    return jax.process_index(), jax.process_count()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", required=True, type=Path, help="video tree (DATA/videos: <data_source>/<file>)")
@@ -186,8 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pi = jax.process_index() if args.process_index is None else args.process_index
-    pc = jax.process_count() if args.process_count is None else args.process_count
+    dpi, dpc = default_process()
+    pi = dpi if args.process_index is None else args.process_index
+    pc = dpc if args.process_count is None else args.process_count
     if not 0 <= pi < pc:
         raise SystemExit(f"--process-index {pi} not in [0, {pc})")
     t0 = time.perf_counter()

@@ -417,8 +417,10 @@ class BatchPlan:
         self.metas = list(metas)
         self.global_batch = cfg.batch_size * process_count
         self.process_index = process_index
-        self._epochs: list[list[PlannedBatch]] = []
-        self._starts: list[int] = [0]
+        # Only the last couple of epoch plans are kept (an epoch of VideoMarathon is ~10^5
+        # batches); an older one is recomputed on demand (plans are pure functions of the epoch).
+        self._epochs: dict[int, list[PlannedBatch]] = {}
+        self._starts: list[int] = [0]  # first global batch of each planned epoch, plus the end
         self.dropped_per_epoch: list[int] = []
         if len(self.valid) == 0:
             raise ValueError("no usable sample in the data (see the skip counts logged above)")
@@ -450,31 +452,38 @@ class BatchPlan:
                     decayed=_round_up(max(m.num_decayed for m in ms), self.cfg.decayed_multiple) if units else 0,
                 ))
                 groups[k] = []
-        self.dropped_per_epoch.append(sum(len(g) for g in groups.values()))
+        if epoch == len(self.dropped_per_epoch):
+            self.dropped_per_epoch.append(sum(len(g) for g in groups.values()))
         if not out:
             raise ValueError(f"epoch {epoch}: no bucket fills one global batch of {self.global_batch}")
         return out
 
+    def _epoch_plan(self, e: int) -> list[PlannedBatch]:
+        if e not in self._epochs:
+            self._epochs[e] = self._plan_epoch(e)
+            for old in sorted(self._epochs)[:-2]:
+                del self._epochs[old]
+        return self._epochs[e]
+
     def _ensure(self, b: int) -> int:
         """Plans epochs until batch ``b`` is covered; returns its epoch."""
         while b >= self._starts[-1]:
-            if self.cfg.num_epochs is not None and len(self._epochs) >= self.cfg.num_epochs:
+            e = len(self._starts) - 1
+            if self.cfg.num_epochs is not None and e >= self.cfg.num_epochs:
                 raise IndexError(b)
-            self._epochs.append(self._plan_epoch(len(self._epochs)))
-            self._starts.append(self._starts[-1] + len(self._epochs[-1]))
+            self._starts.append(self._starts[-1] + len(self._epoch_plan(e)))
         return int(np.searchsorted(self._starts, b, side="right") - 1)
 
     def __len__(self) -> int:
         if self.cfg.num_epochs is None:
             return sys.maxsize
-        self._ensure(0)
-        for _ in range(self.cfg.num_epochs - len(self._epochs)):
+        while len(self._starts) - 1 < self.cfg.num_epochs:
             self._ensure(self._starts[-1])
         return self._starts[-1]
 
     def planned(self, b: int) -> PlannedBatch:
         e = self._ensure(b)
-        return self._epochs[e][b - self._starts[e]]
+        return self._epoch_plan(e)[b - self._starts[e]]
 
     def __getitem__(self, b: int) -> dict[str, Any]:
         pb = self.planned(b)

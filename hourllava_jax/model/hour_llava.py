@@ -10,7 +10,8 @@ attention_mask     bool[B, L]                   False on right padding
 labels             int32[B, L] (training)       -100 = not supervised (SPEC §3)
 features           float[B, U, P, C]            visual units (video frames already pooled to
                                                 P = p² tokens, or image crops), before the
-                                                projector; or instead:
+                                                projector; only read flattened (collate packs
+                                                smaller units into P); or instead:
 pixels             float[B, U, S, S, 3]         normalised frames/crops for the vision tower
 memory_src         int32[B, M]                  see :mod:`hourllava_jax.model.layout`;
                    or int32[B, M, 4]            with ``memory_w``: anyres images (SPEC §1.6)

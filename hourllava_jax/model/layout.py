@@ -121,6 +121,8 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     kept base tokens then the kept grid tokens with a newline at each row change and at the end.
     """
     (npw, nph), g = num_patches, tokens_per_side
+    if min(npw, nph, g) < 1:
+        raise ValueError(f"image layout: num_patches {num_patches} and tokens_per_side {g} must be positive")
     gg = g * g
     rows, cols = unpad_slices(nph * g, npw * g, image_size)
     r0 = np.arange(nph * g)[rows]  # padded-grid rows / columns kept by unpadding
@@ -134,7 +136,7 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     else:
         r_src, c_src = r0[:, None], c0[:, None]
         wh, ww = np.ones((h, 1), np.float32), np.ones((w, 1), np.float32)
-    h, w = len(r_src), len(c_src)
+    h, w = len(r_src), len(c_src)  # the final grid
     # token of padded-grid (R, C): crop (R // g, C // g), after the base unit, at (R % g, C % g)
     rr, cc = r_src[:, None, :, None], c_src[None, :, None, :]  # [h, w, a, b]
     tok = (1 + (rr // g) * npw + cc // g) * gg + (rr % g) * g + cc % g

@@ -182,6 +182,9 @@ def test_epochs_are_reshuffled(data):
     rows = [pipe.plan.planned(b).rows for b in range(2 * n0)]
     assert rows[:n0] != rows[n0:]
     assert all(pipe.plan.planned(b).epoch == 1 for b in range(n0, 2 * n0))
+    pipe.plan.planned(5 * n0)  # plans epochs 2..5; only the last two plans stay cached
+    assert len(pipe.plan._epochs) == 2 and 0 not in pipe.plan._epochs
+    assert [pipe.plan.planned(b).rows for b in range(n0)] == rows[:n0]  # recomputed identically
 
 
 _RESUME_SCRIPT = """
@@ -336,3 +339,16 @@ def test_resume_on_another_process_count(data):
     for b, whole in enumerate(following):
         for k in whole:
             np.testing.assert_array_equal(np.concatenate([halves[0][b][k], halves[1][b][k]]), whole[k], err_msg=k)
+
+
+def test_record_source_reads_json_lists_and_reports_a_broken_one(tmp_path):
+    good = [_text_record(0), _text_record(1)]
+    (tmp_path / "a.json").write_text(json.dumps(good, indent=1))
+    (tmp_path / "b.json").write_text('[{"id": "x", "conversations": [')
+    src = RecordSource([tmp_path / "a.json", tmp_path / "b.json"])
+    assert len(src) == 3
+    assert [json.loads(src[i]["record"])["id"] for i in range(2)] == ["t0", "t1"]
+    b = SampleBuilder(tokenizer_dir="unused", memory=MEMORY, cfg=PipelineConfig(batch_size=1))
+    with pytest.raises(errors.DataError) as e:
+        b.record(src[2])
+    assert e.value.reason == errors.MALFORMED_JSON and "b.json" in str(e.value)

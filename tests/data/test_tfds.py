@@ -89,3 +89,11 @@ def test_tfds_source_feeds_the_pipeline(src, tmp_path):
         (i,) = pipe.plan.planned(b).rows
         np.testing.assert_array_equal(batch["features"][0, :8], ds[i]["features"][idx])
         assert batch["features"].shape == (1, 16, 16, 8)
+
+
+def test_builds_from_the_manual_dir(src, tmp_path):
+    root, recs = src
+    b = VideoMarathon(data_dir=tmp_path, config="features")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    ds = tfds.data_source("videomarathon/features", split="train", data_dir=tmp_path, download=False)
+    assert len(ds) == sum(r.video == recs[0].video for r in recs)
