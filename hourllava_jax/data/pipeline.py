@@ -460,9 +460,9 @@ class BatchPlan:
 
     def _epoch_plan(self, e: int) -> list[PlannedBatch]:
         if e not in self._epochs:
+            while len(self._epochs) >= 2:  # evict the least recently planned
+                del self._epochs[next(iter(self._epochs))]
             self._epochs[e] = self._plan_epoch(e)
-            for old in sorted(self._epochs)[:-2]:
-                del self._epochs[old]
         return self._epochs[e]
 
     def _ensure(self, b: int) -> int:

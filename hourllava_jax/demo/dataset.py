@@ -21,7 +21,7 @@ leaves no trace there, so the best possible accuracy is ``kept + (1 - kept) / 4`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from hourllava_jax.data.chat import tokenize_record
 from hourllava_jax.data.features import FeatureStore, feature_key
 from hourllava_jax.data.records import Record, Turn
 from hourllava_jax.data.synthetic import LETTERS, NEEDLE_COLOURS, NEEDLE_QUESTION
-from hourllava_jax.model.inputs import Sample
+from hourllava_jax.model.inputs import Sample, collate
 from hourllava_jax.model.layout import video_layout
 
 ANSWER_FORMATS = ("letter", "word")
@@ -116,3 +116,25 @@ def control_bound(items: Sequence[NeedleItem], cfg: HourLlavaConfig, num_options
     """Best accuracy a model seeing only kept frames can reach: kept + (1 - kept) / options."""
     kept = np.mean([needle_kept(it, cfg) for it in items])
     return float(kept + (1 - kept) / num_options)
+
+
+def collate_kwargs(items: Sequence[NeedleItem], tokenizer, cfg: HourLlavaConfig, answer_format: str,
+                   text_multiple: int = 16) -> dict:
+    """``collate`` padding that gives every demo batch the same shapes (one compiled step): frames,
+    memory and decayed tokens padded to the longest video's, text to the longest prompt's."""
+    longest = max(items, key=lambda it: it.features.shape[0])
+    lay = video_layout(longest.features.shape[0], cfg.memory)
+    n_text = max(len(to_sample(it, tokenizer, cfg, answer_format).input_ids) for it in items)
+    return dict(text_multiple=-(-n_text // text_multiple) * text_multiple, unit_multiple=longest.features.shape[0],
+                memory_multiple=lay.num_memory, decayed_multiple=len(lay.decayed[0]), image_token_id=cfg.image_token_id)
+
+
+def training_batches(items: Sequence[NeedleItem], tokenizer, cfg: HourLlavaConfig, answer_format: str,
+                     batch_size: int, collate_kw: dict, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches of random training items, each rolled by a random shift (module docstring)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        picks = rng.integers(len(items), size=batch_size)
+        samples = [to_sample(items[i].rolled(int(rng.integers(items[i].features.shape[0]))), tokenizer, cfg, answer_format)
+                   for i in picks]
+        yield collate(samples, **collate_kw)
