@@ -37,9 +37,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -129,9 +132,11 @@ class RecordSource:
     def __init__(self, paths: str | Path | Sequence[str | Path]):
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self._items: list[tuple[str, str]] = []
+        self._identity = []
         for path in map(Path, paths):
             if not path.is_file():
                 raise DataError(path, errors.MISSING_FILE, "record file does not exist")
+            self._identity.append(_file_identity(path))
             if path.suffix == ".json":
                 for line, value in iter_json_list(path):
                     text = json.dumps(value.detail) if isinstance(value, DataError) else json.dumps(value)
@@ -144,6 +149,10 @@ class RecordSource:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def identity(self) -> list:
+        """What the metadata cache keys on: each file's path, size and modification time."""
+        return self._identity
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         text, origin = self._items[i]
@@ -159,6 +168,9 @@ class TfdsSource:
 
     def __len__(self) -> int:
         return len(self._src)
+
+    def identity(self) -> list:
+        return [repr(self._src), len(self._src)]  # names the dataset's files and version
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self._src[i]
@@ -628,6 +640,7 @@ def make_feature_pipeline(
     shard_options: grain.sharding.ShardOptions | None = None,
     video_root: str | Path | None = None,
     image_size: int | None = None,
+    meta_cache: str | Path | None = None,
 ) -> FeaturePipeline:
     """Records (``RecordSource`` + ``store_dir``, or ``TfdsSource``) -> :class:`FeaturePipeline`.
 
@@ -638,42 +651,123 @@ def make_feature_pipeline(
 
     ``shard_options``: this process's shard (``shard_index`` of ``shard_count``); default
     ``ShardByJaxProcess``. Each process gets ``cfg.batch_size`` rows of every global batch.
+
+    ``meta_cache``: a JSON file for the metadata pass (about 1 ms per record, mostly
+    tokenization: minutes for a million records, on every start and every process). Reused
+    when the record files, store index, tokenizer and options are unchanged, else rebuilt.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
     builder = SampleBuilder(tokenizer_dir=tokenizer_dir, memory=memory, cfg=cfg, store_dir=store_dir,
                             video_root=video_root, image_size=image_size)
-    metas: list[SampleMeta | None] = []
-    skipped: Counter = Counter()
-    feature_dim, feature_dtype = None, "float32"
-    for i in range(len(source)):
-        element = source[i]
-        try:
-            metas.append(builder.meta(element))
-        except DataError as e:
-            metas.append(None)
-            skipped[e.reason] += 1
-            _log_once(e.reason, str(e))
-            continue
-        if feature_dim is None and metas[-1].num_frames:
-            if video_root is not None:
-                feature_dim = (image_size * image_size, 3)
-            elif "features" in element:
-                feature_dim, feature_dtype = tuple(np.shape(element["features"])[1:]), np.asarray(element["features"]).dtype.name
-            else:
-                m = builder.store.meta(feature_key(builder.record(element)))
-                feature_dim, feature_dtype = tuple(m["shape"][1:]), m["dtype"]
-    plan = BatchPlan(metas, cfg, memory, process_index=shard.shard_index, process_count=shard.shard_count)
+    key = _meta_cache_key(source, builder) if meta_cache is not None else None
+    meta = _load_meta_cache(meta_cache, key) if key is not None else None
+    if meta is None:
+        meta = _metadata_pass(source, builder)
+        if key is not None:
+            _save_meta_cache(meta_cache, key, meta)
+    skipped = Counter(r for r in meta.reasons if r is not None)
+    plan = BatchPlan(meta.metas, cfg, memory, process_index=shard.shard_index, process_count=shard.shard_count)
     # The global batch, not the per-process one: a state then resumes on another process count.
     fingerprint = {**{k: v for k, v in cfg.fingerprint().items() if k != "batch_size"},
                    "global_batch": plan.global_batch, "num_samples": len(source), "num_valid": len(plan.valid),
                    "memory": dataclasses.asdict(memory)}
     if cfg.num_epochs is not None:
         len(plan)  # plan every epoch now: the drop counts are then known up front
-    dropped = sum(plan.dropped_per_epoch)
     log.info("pipeline: %d samples, %d usable, skipped %s, %d dropped as epoch remainders",
-             len(source), len(plan.valid), dict(skipped), dropped)
-    ds = grain.MapDataset.source(plan).map(LoadBatch(source, builder, feature_dim, feature_dtype))
+             len(source), len(plan.valid), dict(skipped), sum(plan.dropped_per_epoch))
+    ds = grain.MapDataset.source(plan).map(LoadBatch(source, builder, meta.feature_dim, meta.feature_dtype))
     return FeaturePipeline(plan, ds, cfg, skipped, fingerprint)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Metadata:
+    """The metadata pass's result: per source element its ``SampleMeta`` or (None and) the skip
+    reason; the visual unit shape (P, C) and dtype of the features."""
+
+    metas: list[SampleMeta | None]
+    reasons: list[str | None]
+    feature_dim: tuple[int, int] | None
+    feature_dtype: str
+
+
+def _metadata_pass(source, builder: SampleBuilder) -> _Metadata:
+    metas: list[SampleMeta | None] = []
+    reasons: list[str | None] = []
+    feature_dim, feature_dtype = None, "float32"
+    for i in range(len(source)):
+        element = source[i]
+        try:
+            m = builder.meta(element)
+        except DataError as e:
+            metas.append(None)
+            reasons.append(e.reason)
+            _log_once(e.reason, str(e))
+            continue
+        metas.append(m)
+        reasons.append(None)
+        if feature_dim is None and m.num_frames:
+            if builder.video_root is not None:
+                feature_dim = (builder.image_size**2, 3)
+            elif "features" in element:
+                x = np.asarray(element["features"])
+                feature_dim, feature_dtype = tuple(x.shape[1:]), x.dtype.name
+            else:
+                e = builder.store.meta(feature_key(builder.record(element)))
+                feature_dim, feature_dtype = tuple(e["shape"][1:]), e["dtype"]
+    return _Metadata(metas, reasons, feature_dim, feature_dtype)
+
+
+def _file_identity(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _meta_cache_key(source, builder: SampleBuilder) -> dict[str, Any] | None:
+    """Everything the metadata pass depends on (JSON), or None if the source cannot name itself."""
+    if not hasattr(source, "identity"):
+        return None
+    tok = Path(builder.tokenizer_dir) / "tokenizer.json"
+    index = [] if builder.store_dir is None else [
+        _file_identity(p) for p in sorted((Path(builder.store_dir) / "index").glob("*.jsonl"))]
+    cfg = builder.cfg.fingerprint()
+    key = {
+        "version": 1, "source": source.identity(), "store_index": index, "video_root": builder.video_root,
+        "image_size": builder.image_size, "memory": dataclasses.asdict(builder.memory),
+        "tokenizer": hashlib.sha256(tok.read_bytes()).hexdigest() if tok.is_file() else builder.tokenizer_dir,
+        "options": {k: cfg[k] for k in ("frame_buckets", "max_frames", "raw_fps", "raw_min_frames",
+                                        "long_video_seconds", "max_text_tokens")},
+        "image_token_id": builder.cfg.image_token_id,
+    }
+    return json.loads(json.dumps(key))  # tuples -> lists, as they come back from the file
+
+
+def _load_meta_cache(path: str | Path, key: dict[str, Any]) -> _Metadata | None:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key:
+        log.info("pipeline: metadata cache %s is stale (records, store, tokenizer or options changed)", path)
+        return None
+    metas = [None if m is None else SampleMeta(*m) for m in data["metas"]]
+    for reason in {r for r in data["reasons"] if r is not None}:
+        _log_once(reason, f"(counted from the metadata cache {path}; delete it to see the records)")
+    dim = data["feature_dim"]
+    return _Metadata(metas, data["reasons"], None if dim is None else tuple(dim), data["feature_dtype"])
+
+
+def _save_meta_cache(path: str | Path, key: dict[str, Any], meta: _Metadata) -> None:
+    """Atomic write (every process may write the same content at once)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"key": key, "metas": [None if m is None else dataclasses.astuple(m) for m in meta.metas],
+            "reasons": meta.reasons, "feature_dim": None if meta.feature_dim is None else list(meta.feature_dim),
+            "feature_dtype": meta.feature_dtype}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

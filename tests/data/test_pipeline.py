@@ -89,11 +89,11 @@ def data(tmp_path_factory):
     return {"root": root, "bad": bad_root}
 
 
-def _pipe(root, tok_root=None, **kw):
+def _pipe(root, tok_root=None, memory=MEMORY, **kw):
     cfg = PipelineConfig(**{"batch_size": 2, "seed": 3, "frame_buckets": BUCKETS, "text_multiple": 32,
                             "long_video_seconds": 40.0, **kw})
     return make_feature_pipeline(RecordSource(root / "records.jsonl"), tokenizer_dir=(tok_root or root) / "tok",
-                                 memory=MEMORY, cfg=cfg, store_dir=root / "store",
+                                 memory=memory, cfg=cfg, store_dir=root / "store",
                                  shard_options=grain.sharding.NoSharding())
 
 
@@ -157,8 +157,11 @@ def test_batches_are_static_single_stream_and_correct(data):
 
 def test_two_workers_give_the_same_batches_as_none(data):
     root = data["root"]
-    ref = list(_pipe(root))
-    with _pipe(root, worker_count=2) as pipe:
+    # Uniform forgetting: random keys would cost each worker process jax compilations (~10 s on
+    # this shared machine); the per-sample keys are checked in-process below.
+    memory = dataclasses.replace(MEMORY, spatial_mode="uniform")
+    ref = list(_pipe(root, memory=memory))
+    with _pipe(root, memory=memory, worker_count=2) as pipe:
         got = list(pipe)
     _equal(got, ref)
 
@@ -352,3 +355,27 @@ def test_record_source_reads_json_lists_and_reports_a_broken_one(tmp_path):
     with pytest.raises(errors.DataError) as e:
         b.record(src[2])
     assert e.value.reason == errors.MALFORMED_JSON and "b.json" in str(e.value)
+
+
+def test_metadata_cache_is_reused_and_invalidated(data, tmp_path, monkeypatch):
+    root = data["bad"]
+    cache = tmp_path / "meta.json"
+    kw = dict(batch_size=1, seed=3, frame_buckets=BUCKETS, text_multiple=32, long_video_seconds=40.0)
+
+    def make(**over):
+        return make_feature_pipeline(RecordSource(root / "records.jsonl"), tokenizer_dir=data["root"] / "tok",
+                                     memory=MEMORY, cfg=PipelineConfig(**{**kw, **over}), store_dir=root / "store",
+                                     shard_options=grain.sharding.NoSharding(), meta_cache=cache)
+
+    first = make()
+    assert cache.is_file()
+    calls = []
+    real = SampleBuilder.meta
+    monkeypatch.setattr(SampleBuilder, "meta", lambda self, el: calls.append(1) or real(self, el))
+    again = make()
+    assert calls == []  # served from the cache
+    assert again.plan_skipped == first.plan_skipped == {errors.MALFORMED_JSON: 1, errors.MISSING_FILE: 1}
+    assert [again.plan.planned(b) for b in range(len(again.plan))] == [first.plan.planned(b) for b in range(len(first.plan))]
+    _equal([next(again) for _ in range(3)], [next(first) for _ in range(3)])
+    make(long_video_seconds=30.0)  # an option the metadata depends on: recomputed
+    assert len(calls) == len(RecordSource(root / "records.jsonl"))
