@@ -29,7 +29,7 @@ SCRIPTS: dict[str, list[str]] = {
     "attention_memory": ["--quick"],
     "memaug_scaling": ["--quick"],
     "train_step": ["--quick"],
-    "decode": ["--minutes", "2"],
+    "decode": ["--minutes", "3"],  # >= 128 s so the 1-FPS stride rule applies
     "pipeline": ["--quick"],
     "eval_throughput": ["--quick"],
 }

@@ -72,20 +72,21 @@ def write_heatmaps(results: Mapping[str, Sequence[Prediction]], path: str | Path
 
     panels = [(name, _grid(_cells(p))) for name, p in results.items()]
     panels.append(("control bound (kept frames)", _grid(_cells(results[bound_of], "bound"))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.0, 3.8), squeeze=False, layout="constrained")
     im = None
-    for ax, (name, (depths, lengths, grid)) in zip(axes[0], panels):
+    for k, (ax, (name, (depths, lengths, grid))) in enumerate(zip(axes[0], panels)):
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(lengths)), lengths)
         ax.set_yticks(range(len(depths)), depths)
         ax.set_xlabel("video length (s, 1 FPS)")
-        ax.set_ylabel("needle depth")
+        if k == 0:
+            ax.set_ylabel("needle depth")
         ax.set_title(f"{name}\n{100 * np.nanmean(grid):.0f}% (cell mean)", fontsize=10)
         for i in range(len(depths)):
             for j in range(len(lengths)):
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=axes[0].tolist(), label="accuracy", shrink=0.8)
+    fig.colorbar(im, ax=axes[0].tolist(), label="accuracy", shrink=0.9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
