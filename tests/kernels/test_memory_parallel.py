@@ -127,3 +127,15 @@ def test_memory_parallel_pallas_exports_for_8_devices(mesh, impl, platform, call
     assert exp.nr_devices == 8
     assert text.count(call) >= 3  # forward + dQ + dK/dV kernels
     assert text.count("all_reduce") >= 4  # pmax + 2 psum (forward) + dQ psum (backward)
+
+
+@pytest.mark.parametrize("impl, blocks", [("pallas_gpu", BlockSizes(16, 16)), pytest.param("pallas_tpu", BlockSizes(8, 128), marks=pytest.mark.slow)])
+def test_memory_parallel_with_pallas_kernels(mesh, impl, blocks):
+    """Each shard runs the Pallas kernels (interpret mode) with shard-shifted causal offsets."""
+    q, k, v, dout = _inputs(2)
+    kw = MASKS["causal_offset"]
+    got = _value_and_grads(lambda q, k, v: attention(q, k, v, mesh=mesh, impl=impl, block_sizes=blocks, interpret=True, **kw), q, k, v, dout)
+    want = _value_and_grads(lambda q, k, v: attention(q, k, v, impl="reference", **kw), q, k, v, dout)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    for g, rg in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, rg, atol=1e-5, rtol=1e-5)
