@@ -5,9 +5,10 @@ Resumes automatically from the latest complete checkpoint in ``--workdir``. On a
 under SLURM run the same command on every host (``launch/tpu_pod.sh``, ``launch/slurm_gpu.sbatch``);
 ``docs/training.md`` has the details.
 
-The model/loss/data factories below are the only model-specific part. They currently build a
-small **stand-in** model with Hour-LLaVA's sub-module names; the real model plugs in by
-replacing :func:`build_model_and_loss` (and :func:`build_data` once the grain pipelines land).
+The model/loss/data factories below are the only model-specific part: ``model: <preset>``
+builds Hour-LLaVA (``configs/model/<preset>.yaml`` + ``model_overrides``) fed by the grain
+pipeline (``data.source: features | videos``); ``model: standin`` builds a small stand-in with
+Hour-LLaVA's sub-module names on in-memory data, which the trainer's own tests use.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from hourllava_jax.parallel.rules import constrain  # noqa: E402
 from hourllava_jax.train.config import TrainConfig, load_train_config  # noqa: E402
 
 # ==================================================================================================
-# Model and loss factory (stand-in until hourllava_jax.model lands; the lead swaps this section)
+# The stand-in model (trainer tests: compiles in a second, same sub-module names as Hour-LLaVA)
 # ==================================================================================================
 
 STANDIN_FEATURES = (4, 8)  # features float32[B, 4 frames, 8] per record
@@ -97,26 +98,57 @@ def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Arra
     return (ce * mask).sum() / n, {"tokens": mask.sum().astype(jnp.float32)}
 
 
-def build_model_and_loss(cfg: TrainConfig):
-    """``(model_factory(rngs) -> nnx.Module, loss_fn(model, batch, rng) -> (loss, aux))``.
+def model_config(cfg: TrainConfig):
+    """The Hour-LLaVA config of a train config: preset + overrides, the stage's forgetting
+    (SPEC §2: spatial only in stage 1), max length and compute dtype."""
+    import dataclasses
 
-    TODO(lead): build Hour-LLaVA from ``load_model_config(cfg.model, cfg.model_overrides)`` with
-    ``cfg.remat``/``cfg.forgetting`` and return its loss; the loop is model-agnostic.
-    """
-    vocab = cfg.data.vocab_size
-    return (lambda rngs: StandInModel(rngs, vocab=vocab)), standin_loss
+    from hourllava_jax.config import load_model_config
+
+    mcfg = load_model_config(cfg.model, list(cfg.model_overrides))
+    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal")
+    return dataclasses.replace(mcfg, memory=memory, max_length=cfg.max_length, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)
+
+
+def build_model_and_loss(cfg: TrainConfig):
+    """``(model_factory(rngs) -> nnx.Module, loss_fn(model, batch, rng) -> (loss, aux))``."""
+    if cfg.model == "standin":
+        vocab = cfg.data.vocab_size
+        return (lambda rngs: StandInModel(rngs, vocab=vocab)), standin_loss
+    from hourllava_jax.model.hour_llava import HourLlava, loss_fn
+
+    mcfg = model_config(cfg)
+    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat != "none")), loss_fn
 
 
 def build_data(cfg: TrainConfig, process_index: int, process_count: int):
-    """The per-process batch iterator (``get_state``/``set_state``). Synthetic until grain lands."""
-    from hourllava_jax.train.data_iter import InMemoryIterator, synthetic_records
-
-    if cfg.data.source != "synthetic":
-        raise NotImplementedError(f"data.source={cfg.data.source!r}: the grain pipelines are not wired yet")
+    """The per-process batch iterator (``get_state``/``set_state``; rows ``global / processes``)."""
     d = cfg.data
-    records = synthetic_records(d.num_records, d.seq_len, d.vocab_size, feature_shape=STANDIN_FEATURES, seed=d.seed)
-    return InMemoryIterator(records, cfg.global_batch_size, process_index=process_index,
-                            process_count=process_count, shuffle=d.shuffle, seed=d.seed)
+    if d.source == "synthetic":
+        from hourllava_jax.train.data_iter import InMemoryIterator, synthetic_records
+
+        records = synthetic_records(d.num_records, d.seq_len, d.vocab_size, feature_shape=STANDIN_FEATURES, seed=d.seed)
+        return InMemoryIterator(records, cfg.global_batch_size, process_index=process_index,
+                                process_count=process_count, shuffle=d.shuffle, seed=d.seed)
+    import grain
+
+    from hourllava_jax.data.pipeline import PipelineConfig, RecordSource, make_feature_pipeline
+
+    mcfg = model_config(cfg)
+    pcfg = PipelineConfig(
+        batch_size=cfg.global_batch_size // process_count, seed=d.seed, num_epochs=d.num_epochs, shuffle=d.shuffle,
+        frame_buckets=d.frame_buckets, max_frames=d.max_frames, text_multiple=d.text_multiple,
+        decayed_multiple=d.decayed_multiple, long_video_seconds=d.long_video_seconds, max_text_tokens=d.max_text_tokens,
+        image_token_id=mcfg.image_token_id, pad_id=mcfg.llm.pad_token_id or 0, worker_count=d.worker_count,
+    )
+    raw = d.source == "videos"
+    return make_feature_pipeline(
+        RecordSource(list(d.records)), tokenizer_dir=d.tokenizer, memory=mcfg.memory, cfg=pcfg,
+        store_dir=None if raw else d.feature_store, video_root=d.video_root if raw else None,
+        image_size=mcfg.vision.image_size if raw else None,
+        shard_options=grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count, drop_remainder=True),
+        meta_cache=d.meta_cache or None,
+    )
 
 
 # ==================================================================================================
@@ -152,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        cfg.data.check_sources()
     except ConfigError as e:  # a config mistake deserves one line, not a traceback
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -235,7 +235,8 @@ def vision_from_hf_config(hf: dict[str, Any], *, truncated: bool = False) -> Vis
         hidden_size=hf.get("hidden_size", 768),
         intermediate_size=hf.get("intermediate_size", 3072),
         num_hidden_layers=hf.get("num_hidden_layers", 12),
-        feature_layer=-1 if truncated else -2,
+        # Our exports record the tower's own choice; otherwise the release's rule.
+        feature_layer=int(hf.get("hourllava_feature_layer", -1 if truncated else -2)),
         num_attention_heads=hf.get("num_attention_heads", 12),
         num_channels=hf.get("num_channels", 3),
         image_size=hf.get("image_size", 224),
@@ -263,4 +264,6 @@ def vision_to_hf_config(cfg: VisionConfig) -> dict[str, Any]:
         "layer_norm_eps": cfg.layer_norm_eps,
         "attention_dropout": 0.0,
         "vision_use_head": cfg.vision_use_head,
+        # Not an HF field: which hidden state the tower outputs, so a truncated tower round-trips.
+        "hourllava_feature_layer": cfg.feature_layer,
     }

@@ -23,6 +23,8 @@ MISSING_IMAGE_TOKEN = "missing_image_token"
 IMAGE_COUNT_MISMATCH = "image_count_mismatch"
 DECODE_TIMEOUT = "decode_timeout"
 TOO_LONG = "too_long"
+CORRUPT_FEATURES = "corrupt_features"
+UNSUPPORTED_RECORD_KIND = "unsupported_record_kind"
 
 REASONS = frozenset(
     {
@@ -39,6 +41,8 @@ REASONS = frozenset(
         IMAGE_COUNT_MISMATCH,
         DECODE_TIMEOUT,
         TOO_LONG,
+        CORRUPT_FEATURES,
+        UNSUPPORTED_RECORD_KIND,
     }
 )
 

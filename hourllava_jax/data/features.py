@@ -44,7 +44,7 @@ from hourllava_jax.data.records import Record
 log = logging.getLogger(__name__)
 
 # Not (yet) in errors.py: a stored feature blob that does not decode.
-CORRUPT_FEATURES = getattr(errors, "CORRUPT_FEATURES", "corrupt_features")
+CORRUPT_FEATURES = errors.CORRUPT_FEATURES
 MAGIC = b"HLVF1\n"
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
 _HEADER_LEN = struct.Struct("<I")

@@ -65,7 +65,7 @@ from hourllava_jax.model.layout import PAD, video_layout
 log = logging.getLogger(__name__)
 
 LONG, SHORT = "long", "short"
-UNSUPPORTED_KIND = "unsupported_record_kind"  # image records: not served by the feature pipeline
+UNSUPPORTED_KIND = errors.UNSUPPORTED_RECORD_KIND  # image records: not served by the feature pipeline
 _LOGGED: set[str] = set()  # reasons already logged by this process (log once per reason)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from hourllava_jax.kernels.blocks import BlockSizeError, BlockSizes, resolve
 from hourllava_jax.kernels.chunked import chunked_attention
 from hourllava_jax.kernels.masks import MaskSpec, normalize_mask
+from hourllava_jax.kernels.memory_parallel import combine_partials, memory_parallel_attention
 from hourllava_jax.kernels.reference import attention_reference
 
 Impl = Literal["auto", "reference", "chunked", "pallas_tpu", "pallas_gpu"]
@@ -112,8 +113,6 @@ def attention(
     impl = default_impl() if impl == "auto" else impl
 
     if _memory_axis_size(mesh, memory_axis) > 1:
-        from hourllava_jax.kernels.memory_parallel import memory_parallel_attention
-
         return memory_parallel_attention(
             q, k, v, mesh=mesh, axis=memory_axis, causal=causal, q_offset=q_offset, kv_mask=kv_mask,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, impl=impl,
@@ -157,5 +156,7 @@ __all__ = [
     "attention",
     "attention_reference",
     "build",
+    "combine_partials",
     "default_impl",
+    "memory_parallel_attention",
 ]

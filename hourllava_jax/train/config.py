@@ -60,15 +60,41 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which data to read. ``synthetic`` is the in-memory iterator (``train/data_iter.py``);
-    other names are resolved by the launcher once the grain pipelines land."""
+    """Which data to read.
 
-    source: str = "synthetic"
-    seq_len: int = 32
+    ``synthetic``: the in-memory iterator of the stand-in model (``train/data_iter.py``).
+    ``features``: VideoMarathon-style JSON Lines ``records`` + a pre-extracted ``feature_store``
+    through the grain pipeline (``data/pipeline.py``); ``videos``: the same records decoded from
+    ``video_root`` at 1 FPS (stage 2, where SigLIP trains). Paths are relative to the working
+    directory of the launch.
+    """
+
+    source: Literal["synthetic", "features", "videos"] = "synthetic"
+    seq_len: int = 32  # synthetic only
     num_records: int = 256  # synthetic only
     vocab_size: int = 64  # synthetic only
     shuffle: bool = True
     seed: int = 0
+    records: tuple[str, ...] = ()  # JSON Lines / JSON record files
+    feature_store: str = ""
+    video_root: str = ""
+    tokenizer: str = ""  # a Hugging Face tokenizer directory
+    frame_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    max_frames: int | None = None
+    text_multiple: int = 256
+    decayed_multiple: int = 64
+    long_video_seconds: float = 180.0
+    max_text_tokens: int | None = None
+    num_epochs: int | None = None  # None: repeat (reshuffled per epoch) until num_steps
+    worker_count: int = 0
+    meta_cache: str = ""  # JSON cache of the planning pass ("" = off)
+
+    def check_sources(self) -> None:
+        """Called by the launcher once overrides are applied (a YAML may leave paths to the command line)."""
+        if self.source in ("features", "videos"):
+            _require(bool(self.records) and bool(self.tokenizer), f"data.source={self.source}: data.records and data.tokenizer are required")
+        _require(self.source != "features" or bool(self.feature_store), "data.source=features needs data.feature_store")
+        _require(self.source != "videos" or bool(self.video_root), "data.source=videos needs data.video_root")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,3 +152,16 @@ def test_failed_export_writes_nothing(hour_llava_dir, tmp_path):
     with pytest.raises(ConversionError, match="layers.2"):
         save_pretrained(model, wrong, tmp_path / "x", max_shard_bytes=1000)
     assert not any(tmp_path.iterdir())
+
+
+def test_truncated_siglip_tower_round_trips_its_feature_layer(tmp_path):
+    """A tower whose output is its last layer (the release's truncated tower) comes back so."""
+    from hourllava_jax.config import VisionConfig
+    from hourllava_jax.model.siglip import SiglipVisionTower
+
+    vcfg = VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, feature_layer=-1,
+                        num_attention_heads=2, image_size=28, patch_size=14)
+    tower = SiglipVisionTower(vcfg, rngs=nnx.Rngs(0))
+    save_pretrained(tower, vcfg, tmp_path / "t")
+    back, _ = load_pretrained(tmp_path / "t")
+    assert back == vcfg

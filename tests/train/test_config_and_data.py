@@ -40,7 +40,7 @@ def test_stage_configs_follow_spec(size, stage):
 
 
 def test_overrides_and_errors():
-    tiny = REPO / "configs" / "train" / "tiny.yaml"
+    tiny = REPO / "configs" / "train" / "standin.yaml"
     cfg = load_train_config(tiny, ["optim.modules.llm.lr=0.5", "mesh.fsdp=2", "num_steps=3"])
     assert cfg.optim.modules["llm"].lr == 0.5 and cfg.mesh["fsdp"] == 2 and cfg.num_steps == 3
     for bad, msg in [("grad_accum_steps=3", "divide"), ("checkpoint.keep=1", "keep"), ("stage=4", "stage"),

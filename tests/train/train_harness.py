@@ -22,7 +22,7 @@ from hourllava_jax.train.step import compile_step, make_train_step
 from launch.train import build_data, build_model_and_loss
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "train" / "tiny.yaml"
+TINY = REPO / "configs" / "train" / "standin.yaml"
 
 
 def tiny_cfg(*overrides: str) -> TrainConfig:
