@@ -29,30 +29,13 @@ from hourllava_jax.eval.items import EvalItem, Prediction  # noqa: E402
 # Answerers. The model-backed one is the only place that touches JAX, and only when chosen.
 # ----------------------------------------------------------------------------------------------
 
-def make_model_answerer(checkpoint: Path, mode: str) -> Any:
-    """The Hour-LLaVA answerer for `checkpoint` (imports hourllava_jax.infer lazily).
+def make_model_answerer(checkpoint: Path) -> Any:
+    """The Hour-LLaVA answerer for ``checkpoint`` (imports JAX and the model lazily, so the
+    dry-run answerers and ``--merge-only`` stay light). Tokenizer and feature-cache locations come
+    from ``HOURLLAVA_TOKENIZER`` / ``HOURLLAVA_CACHE_DIR`` (see docs/inference.md)."""
+    from hourllava_jax.infer.answerer import load_answerer
 
-    Contract expected from the inference pipeline: `hourllava_jax.infer.answerer.load_answerer(
-    checkpoint: Path) -> Answerer`, i.e. an object with `answer(EvalItem) -> Prediction` (build
-    the user text with `hourllava_jax.eval.prompt.build_prompt(item, timestamps)`, sample at
-    1 FPS, record frame indices and timestamps) and, for `--mode loglikelihood`,
-    `option_loglikelihoods(EvalItem) -> Prediction`.
-    """
-    try:
-        import hourllava_jax.infer.answerer as infer_answerer  # heavy: JAX + the model
-    except ModuleNotFoundError as e:
-        if e.name not in ("hourllava_jax.infer.answerer", "hourllava_jax.infer"):
-            raise
-        raise NotImplementedError(
-            "hourllava_jax.infer.answerer does not exist yet: the inference pipeline must provide "
-            "load_answerer(checkpoint: Path) -> Answerer (answer(EvalItem) -> Prediction; see "
-            "hourllava_jax/eval/items.py). Until then, --answerer first-option does a dry run.") from e
-    if not hasattr(infer_answerer, "load_answerer"):
-        raise NotImplementedError("hourllava_jax.infer.answerer has no load_answerer(checkpoint) yet")
-    answerer = infer_answerer.load_answerer(checkpoint)
-    if mode == "loglikelihood" and not hasattr(answerer, "option_loglikelihoods"):
-        raise NotImplementedError("the model answerer has no option_loglikelihoods(item) yet")
-    return answerer
+    return load_answerer(checkpoint)
 
 
 class FirstOptionAnswerer:
@@ -114,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print(f"  {pr.where}: {pr.reason}: {pr.message}", file=sys.stderr)
     if a.process_index == 0:  # every process computes the same manifest; one writes it
         report.write_manifest(a.out, a.benchmark, items, problems)
-    answerer = FirstOptionAnswerer() if a.answerer == "first-option" else make_model_answerer(a.checkpoint, a.mode)
+    answerer = FirstOptionAnswerer() if a.answerer == "first-option" else make_model_answerer(a.checkpoint)
     n_shards = a.process_count * a.shards_per_process
     plan = sharding.plan_shards(items, n_shards)
     for s in sharding.shards_of_process(a.process_index, a.process_count, a.shards_per_process):

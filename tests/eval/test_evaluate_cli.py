@@ -59,13 +59,6 @@ def test_needle_run_writes_heatmap(evaluate, tmp_path: Path, make_video):
     assert (tmp_path / "out" / "needle_heatmap.png").stat().st_size > 0
 
 
-def test_model_answerer_is_lazy_and_explicit(evaluate, tmp_path: Path):
-    if importlib.util.find_spec("hourllava_jax.infer.answerer") is not None:
-        pytest.skip("the inference answerer exists; covered by its own tests")
-    with pytest.raises(NotImplementedError, match="load_answerer"):
-        evaluate.make_model_answerer(tmp_path, "generate")
-
-
 def test_cli_subprocess_dry_run_never_imports_jax(tmp_path: Path, mlvu_root: Path):
     import subprocess
     import sys
