@@ -145,6 +145,9 @@ class HourLlavaConfig:
     dtype: Dtype = "float32"  # compute dtype; parameters stay in param_dtype
     param_dtype: Dtype = "float32"
     attention_impl: AttentionImpl = "auto"
+    # (block_q, block_k) tiles for chunked / Pallas attention; None: per-backend defaults
+    # (hourllava_jax/kernels/blocks.py). Checked against the target's rules when traced.
+    attention_block_sizes: tuple[int, int] | None = None
 
     def validate(self) -> None:
         self.vision.validate()

@@ -26,6 +26,12 @@ class BlockSizes:
     num_warps: int = 4
     num_stages: int = 2
 
+    @classmethod
+    def from_config(cls, pair: tuple[int, int] | None) -> BlockSizes | None:
+        """``(block_q, block_k)`` from a model config (``attention_block_sizes``); None: the
+        per-backend defaults below."""
+        return None if pair is None else cls(block_q=int(pair[0]), block_k=int(pair[1]))
+
 
 # Why these defaults: chunked tiles keep a [H, 512, 1024] f32 score tile (~32 MB at 16 heads) in
 # cache-friendly range on CPU; TPU tiles of 512 fill the 128x128 MXU with few grid steps and fit

@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig
+from hourllava_jax.kernels import BlockSizes
 from hourllava_jax.model.layout import NEWLINE, PAD
 from hourllava_jax.model.memaug import MemAug
 from hourllava_jax.model.memory import pool_frames
@@ -57,13 +58,16 @@ class HourLlava(nnx.Module):
         self.dtype = jnp.dtype(dtype or cfg.dtype)
         pdt = jnp.dtype(param_dtype or cfg.param_dtype)
         impl = cfg.attention_impl
+        blocks = BlockSizes.from_config(cfg.attention_block_sizes)
         h = cfg.llm.hidden_size
-        self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, rngs=rngs)
+        self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl,
+                                               attention_blocks=blocks, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, h, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # LLaVA-NeXT initialises the newline as randn(H) / sqrt(H).
         self.image_newline = nnx.Param(param_init(jax.nn.initializers.normal(h**-0.5), (EMBED,))(rngs.params(), (h,), pdt))
         self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt) if cfg.use_memaug else None
-        self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat, rngs=rngs)
+        self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat,
+                         attention_blocks=blocks, rngs=rngs)
 
     # -- visual encoders --------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig, MemAugConfig
-from hourllava_jax.kernels import attention
+from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, param_init
 
@@ -40,11 +40,13 @@ class MemAugDims:
     rope_theta: float
     memaug: MemAugConfig = MemAugConfig()
     attention_impl: str = "auto"
+    attention_blocks: BlockSizes | None = None
 
     @classmethod
     def from_config(cls, cfg: HourLlavaConfig) -> MemAugDims:
         return cls(cfg.llm.hidden_size, cfg.llm.num_attention_heads, cfg.llm.num_key_value_heads,
-                   cfg.llm.rope_theta, cfg.memaug, cfg.attention_impl)
+                   cfg.llm.rope_theta, cfg.memaug, cfg.attention_impl,
+                   BlockSizes.from_config(cfg.attention_block_sizes))
 
     @property
     def head_dim(self) -> int:
@@ -95,7 +97,7 @@ class SelfAttention(nnx.Module):
         k = qkv[..., nh * d : (nh + nk) * d].reshape(b, l, nk, d)
         v = qkv[..., (nh + nk) * d :].reshape(b, l, nk, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = attention(q, k, v, kv_mask=mask, impl=self.dims.attention_impl)
+        o = attention(q, k, v, kv_mask=mask, impl=self.dims.attention_impl, block_sizes=self.dims.attention_blocks)
         return self.Wo(o.reshape(b, l, nh * d))
 
 
@@ -120,7 +122,8 @@ class CrossAttention(nnx.Module):
         k = kv[..., : nk * d].reshape(b, lk, nk, d)
         v = kv[..., nk * d :].reshape(b, lk, nk, d)
         q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
-        o = attention(q, k, v, kv_mask=kv_mask, impl=self.dims.attention_impl, mesh=self.mesh)
+        o = attention(q, k, v, kv_mask=kv_mask, impl=self.dims.attention_impl, block_sizes=self.dims.attention_blocks,
+                      mesh=self.mesh)
         return self.Wo(o.reshape(b, lq, nh * d))
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hourllava_jax.config.model import LLMConfig
-from hourllava_jax.kernels import attention
+from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.kv_cache import KVCache
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, VOCAB, param_init
@@ -42,7 +42,7 @@ def _linear(din: int, dout: int, axes: tuple[str, str], *, bias: bool, dtype, pa
 class Qwen2Attention(nnx.Module):
     """Causal grouped-query self-attention with full-head RoPE; q/k/v biased, o not."""
 
-    def __init__(self, cfg: LLMConfig, *, dtype, param_dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: LLMConfig, *, dtype, param_dtype, attention_impl: str, attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         h, d = cfg.hidden_size, cfg.kv_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -51,6 +51,7 @@ class Qwen2Attention(nnx.Module):
         self.v_proj = _linear(h, self.num_kv_heads * d, (EMBED, KV_HEADS), bias=True, **kw)
         self.o_proj = _linear(self.num_heads * d, h, (HEADS, EMBED), bias=False, **kw)
         self.attention_impl = attention_impl
+        self.attention_blocks = attention_blocks
 
     def __call__(self, x, cos, sin, kv_mask, cache_kv=None, q_offset=0):
         """x float[B, L, H]; cos/sin [B, L, D]; kv_mask bool[B, Lk] or None.
@@ -67,7 +68,8 @@ class Qwen2Attention(nnx.Module):
             cache, layer = cache_kv
             k, v = cache.write(layer, k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        o = attention(q, k, v, causal=True, q_offset=q_offset, kv_mask=kv_mask, impl=self.attention_impl)
+        o = attention(q, k, v, causal=True, q_offset=q_offset, kv_mask=kv_mask, impl=self.attention_impl,
+                      block_sizes=self.attention_blocks)
         return self.o_proj(o.reshape(b, l, self.num_heads * self.head_dim)), (k, v)
 
 
@@ -87,9 +89,10 @@ class Qwen2MLP(nnx.Module):
 class Qwen2DecoderLayer(nnx.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: LLMConfig, *, dtype, param_dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: LLMConfig, *, dtype, param_dtype, attention_impl: str, attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
-        self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, rngs=rngs)
+        self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
+                                        attention_blocks=attention_blocks, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.mlp = Qwen2MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -110,14 +113,15 @@ class Qwen2(nnx.Module):
     remat: recompute each decoder layer in the backward pass (SPEC §2: gradient checkpointing).
     """
 
-    def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: bool = False,
+                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                       embedding_init=param_init(_W_INIT, (VOCAB, EMBED)), rngs=rngs)  # fmt: skip
-        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, rngs=rngs)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
         self.layers = nnx.List([Qwen2DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hourllava_jax.config.model import VisionConfig
-from hourllava_jax.kernels import attention
+from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.parallel.axes import CONV, EMBED, HEADS, MLP, NORM, param_init
 
 Dtype = Any
@@ -84,7 +84,8 @@ class SiglipVisionEmbeddings(nnx.Module):
 class SiglipAttention(nnx.Module):
     """Bidirectional multi-head self-attention with biased q/k/v/out projections."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str,
+                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         d = cfg.hidden_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = _linear(d, d, (EMBED, HEADS), **kw)
@@ -93,12 +94,14 @@ class SiglipAttention(nnx.Module):
         self.out_proj = _linear(d, d, (HEADS, EMBED), **kw)
         self.num_heads = cfg.num_attention_heads
         self.attention_impl = attention_impl
+        self.attention_blocks = attention_blocks
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x float[N, L, D] -> float[N, L, D]."""
         n, length, d = x.shape
         split = lambda t: t.reshape(n, length, self.num_heads, d // self.num_heads)  # noqa: E731
-        o = attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), impl=self.attention_impl)
+        o = attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), impl=self.attention_impl,
+                      block_sizes=self.attention_blocks)
         return self.out_proj(o.reshape(n, length, d))
 
 
@@ -117,10 +120,11 @@ class SiglipMLP(nnx.Module):
 class SiglipEncoderLayer(nnx.Module):
     """Pre-LN transformer block: x + attn(LN1(x)), then x + mlp(LN2(x))."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str,
+                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.self_attn = SiglipAttention(cfg, attention_impl=attention_impl, **kw)
+        self.self_attn = SiglipAttention(cfg, attention_impl=attention_impl, attention_blocks=attention_blocks, **kw)
         self.layer_norm2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.mlp = SiglipMLP(cfg, **kw)
 
@@ -133,10 +137,10 @@ class SiglipEncoderLayer(nnx.Module):
 class SiglipEncoder(nnx.Module):
     """``cfg.num_hidden_layers`` encoder layers; ``__call__`` runs the first ``num_layers``."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, remat: bool, rngs: nnx.Rngs):
-        self.layers = nnx.List(
-            [SiglipEncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
-        )
+    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, remat: bool,
+                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
+        self.layers = nnx.List([SiglipEncoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
         self.remat = remat
 
     def __call__(self, x: jax.Array, num_layers: int) -> jax.Array:
@@ -209,13 +213,14 @@ class SiglipVisionTower(nnx.Module):
         param_dtype: Dtype = jnp.float32,
         attention_impl: str = "auto",
         remat: bool = False,
+        attention_blocks: BlockSizes | None = None,
         rngs: nnx.Rngs,
     ):
         cfg.validate()
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embeddings = SiglipVisionEmbeddings(cfg, **kw)
-        self.encoder = SiglipEncoder(cfg, attention_impl=attention_impl, remat=remat, **kw)
+        self.encoder = SiglipEncoder(cfg, attention_impl=attention_impl, remat=remat, attention_blocks=attention_blocks, **kw)
         self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw) if cfg.has_post_layernorm else None
         self.head = SiglipPoolingHead(cfg, attention_impl=attention_impl, **kw) if cfg.vision_use_head else None
 

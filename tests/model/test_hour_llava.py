@@ -179,3 +179,18 @@ def test_every_parameter_has_logical_axes_from_the_vocabulary(cfg):
         ax = v.get_metadata().get("out_sharding")
         assert ax is not None and len(ax) == len(v.get_value().shape), path
         assert all(a is None or a in names for a in ax), (path, ax)
+
+
+def test_attention_impl_and_block_sizes_come_from_the_config(cfg, model):
+    """chunked attention with small configured tiles (several KV chunks per row) == the reference."""
+    from hourllava_jax.kernels import BlockSizes
+
+    c = dataclasses.replace(cfg, attention_impl="chunked", attention_block_sizes=(8, 16))
+    m = HourLlava(c, rngs=nnx.Rngs(0))
+    assert m.llm.layers[0].self_attn.attention_blocks == BlockSizes(8, 16)
+    assert m.vision_tower.encoder.layers[0].self_attn.attention_blocks == BlockSizes(8, 16)
+    assert m.memaug.dims.attention_blocks == BlockSizes(8, 16)
+    ref = HourLlava(dataclasses.replace(cfg, attention_impl="reference"), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(8)
+    batch = {k: jnp.asarray(v) for k, v in collate([_sample(rng, cfg, 12, 30, 3, 9)]).items()}
+    np.testing.assert_allclose(np.asarray(_forward(m, batch)[0]), np.asarray(_forward(ref, batch)[0]), atol=2e-5, rtol=1e-5)
