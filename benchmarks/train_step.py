@@ -32,7 +32,7 @@ MFU = (flops_model / step time) / matmul peak of the same dtype measured in this
 the start and again right before each row (``peak_adjacent_gflops``, ``mfu_adjacent``) because
 the 2 cores are shared. Writes ``benchmarks/results/train_step.json``.
 
-    .venv/bin/python benchmarks/train_step.py            # tiny + ~100M, fp32 + bf16 (~5-8 min)
+    .venv/bin/python benchmarks/train_step.py            # tiny + ~100M, fp32 + bf16 (~8 min; 100M steps take ~25-50 s)
     .venv/bin/python benchmarks/train_step.py --quick    # tiny only, fewer steps (~1 min)
 """
 
@@ -272,7 +272,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch", type=int, default=2, help="videos per step")
     ap.add_argument("--frames", type=int, default=128, help="pooled frames per video")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per row (default 3 quick / 5 tiny / 3 100M)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per row after one warm-up step (default 3; 2 for the 100M config)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = ap.parse_args()
     names = (args.configs or ("tiny" if args.quick else ",".join(CONFIGS))).split(",")
@@ -284,7 +284,7 @@ def main() -> None:
     rows = []
     for name in names:
         for d in dtypes:
-            steps = args.steps or (3 if args.quick else (5 if name == "tiny" else 3))
+            steps = args.steps or (2 if name == "hourllava_100m" else 3)
             print(f"== {name} {d}: B={args.batch} T={args.frames}, {steps} timed steps", flush=True)
             row = run_one(name, CONFIGS[name], d, batch=args.batch, frames=args.frames, steps=steps,
                           peaks={k: v["gflops"] for k, v in peak.items()})

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hourllava_jax.config import HourLlavaConfig
-from hourllava_jax.demo.dataset import NeedleItem, answer_options, needle_kept, option_token_ids, to_sample
+from hourllava_jax.demo.dataset import NeedleItem, answer_options, by_length, needle_kept, option_token_ids, to_sample
 from hourllava_jax.model.inputs import collate
 from hourllava_jax.model.splice import IGNORE
 
@@ -52,8 +52,17 @@ def answer_logits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.
 
 
 def evaluate(items: Sequence[NeedleItem], forward: Callable, tokenizer, cfg: HourLlavaConfig, answer_format: str,
-             collate_kw: dict, *, batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> list[Prediction]:
-    """Predictions for every item (batches padded with repeats of the last item to keep one shape)."""
+             collate_kw: dict[int, dict], *, batch_size: int = 16, on_batch: Callable[[int], None] | None = None
+             ) -> list[Prediction]:
+    """Predictions for every item, batched per length bucket (``collate_kw[T]``); a bucket's last
+    batch is padded with repeats of its last item so every batch of a bucket has one shape."""
+    out: list[Prediction] = []
+    for t, group in by_length(items).items():
+        out += _evaluate_bucket(group, forward, tokenizer, cfg, answer_format, collate_kw[t], batch_size, on_batch)
+    return out
+
+
+def _evaluate_bucket(items, forward, tokenizer, cfg, answer_format, collate_kw, batch_size, on_batch) -> list[Prediction]:
     out: list[Prediction] = []
     for i in range(0, len(items), batch_size):
         chunk = list(items[i : i + batch_size])

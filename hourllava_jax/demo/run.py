@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,10 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
         store = data.extract_features(held_recs, workdir / "data/held_out", workdir / "features", encoder,
                                       model_cfg.vision.image_size, on_video=fbar.update)
     train_items = dataset.load_items(train_recs, store)
-    held_items = dataset.load_items(held_recs, store)
+    norm = dataset.FeatureNorm.fit(train_items)  # training statistics only, applied to both splits
+    train_items = [norm(it) for it in train_items]
+    held_items = [norm(it) for it in dataset.load_items(held_recs, store)]
+    report.write_json({"mean": norm.mean.tolist(), "std": norm.std.tolist()}, workdir / "feature_norm.json")
     ckw = dataset.collate_kwargs(train_items + held_items, tok, model_cfg, cfg.answer_format, cfg.text_multiple)
     stage("features", t0)
 
@@ -80,6 +84,7 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         bar.set_description(f"demo: training {name}")
         vcfg = dataclasses.replace(model_cfg, use_memaug=use_memaug)
+        shutil.rmtree(workdir / name, ignore_errors=True)  # training starts fresh: no stale metrics
         trainer = Trainer(build_model(vcfg, cfg.seed), cfg.recipe)
         batches = dataset.training_batches(train_items, tok, vcfg, cfg.answer_format, cfg.recipe.batch_size, ckw, cfg.seed)
         info = fit(trainer, batches, workdir / name, log_every=max(1, cfg.recipe.steps // 50))

@@ -40,16 +40,16 @@ Batch = dict[str, np.ndarray]
 class Recipe:
     """What the demo trains with (the values found by prototyping are the defaults)."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 16
-    lr_projector: float = 1e-3
-    lr_memaug: float = 1e-3
-    lr_llm: float = 1e-3
+    lr_projector: float = 3e-3
+    lr_memaug: float = 3e-3
+    lr_llm: float = 3e-3
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
-    # Adam's second-moment decay. 0.999 remembers the large gradients of the first steps (when
-    # the chat-format tokens are learned) for ~1000 steps and so shrinks every later update, which
-    # stalls the answer for longer than a CPU budget; 0.95 forgets them in ~20 steps.
+    # Adam's second-moment decay. With 0.999 the large gradients of the first steps (while the
+    # chat-format tokens are learned) keep shrinking later updates for ~1000 steps; 0.95 forgets
+    # them in ~20. A small gain in prototyping (docs/demo.md), kept.
     b2: float = 0.95
 
     def train_config(self) -> TrainConfig:

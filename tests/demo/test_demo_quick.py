@@ -54,3 +54,46 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     preds = (work / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 2 * n_held
+
+
+# ------------------------------------------------------------------ fast unit checks of the task
+
+
+def _item(t: int, needle: int, colour: str):
+    import numpy as np
+
+    from hourllava_jax.data.records import Record, Turn
+    from hourllava_jax.demo.dataset import NeedleItem
+
+    feats = np.stack([np.full((16, 4), i, np.float32) for i in range(t)])
+    qa = [{"options": ["yellow", "red", "blue", "green"]}]
+    rec = Record("r", (Turn("human", "<image>\nq"), Turn("gpt", "?")), "v.mp4", "needle", extra={"qa": qa})
+    return NeedleItem(rec, feats, float(t), needle, colour, needle / (t - 1), t)
+
+
+def test_with_needle_splices_one_frame_and_relabels() -> None:
+    import numpy as np
+
+    from hourllava_jax.demo.dataset import answer_options, conversation
+
+    hay, donor = _item(32, needle=5, colour="red"), _item(32, needle=9, colour="blue")
+    mixed = hay.with_needle(donor, 20)
+    assert mixed.needle_frame == 20 and mixed.colour == "blue"
+    np.testing.assert_array_equal(mixed.features[20], donor.features[9])  # donor's needle frame
+    np.testing.assert_array_equal(mixed.features[5], hay.features[4])  # own needle replaced by its neighbour
+    untouched = [i for i in range(32) if i not in (5, 20)]
+    np.testing.assert_array_equal(mixed.features[untouched], hay.features[untouched])
+    assert conversation(mixed, "word").conversations[1].value == "blue"
+    assert conversation(mixed, "letter").conversations[1].value == "C"  # options: yellow red BLUE green
+    assert answer_options(mixed, "letter") == (["A", "B", "C", "D"], 2)
+
+
+def test_control_bound_counts_kept_needles() -> None:
+    from hourllava_jax.config import load_model_config
+    from hourllava_jax.demo.dataset import control_bound, kept_frames
+
+    cfg = load_model_config("tiny")
+    kept = kept_frames(32, cfg)
+    assert list(kept) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), SPEC §1.3
+    items = [_item(32, n, "red") for n in (22, 3, 16, 9)]  # one of four needles kept
+    assert control_bound(items, cfg) == 0.25 + 0.75 / 4
