@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/demo", help="everything is written here (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="datasets, init and batch order (held-out data uses seed + 1)")
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke run (fewer videos and steps)")
+    p.add_argument("--lengths", default="32", help="video lengths in seconds, comma-separated (e.g. 32,48,64 "
+                   "for a depth x length heatmap; ~2.2x the training time)")
     p.add_argument("--steps", type=int, default=None, help="override the training steps of each variant")
     p.add_argument("--answer-format", choices=("word", "letter"), default=None,
                    help="word: answer the colour; letter: the record's shuffled A-D options")
@@ -48,7 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = demo_config(quick=args.quick, seed=args.seed)
+    lengths = tuple(int(x) for x in args.lengths.split(",") if x.strip())
+    if not lengths or min(lengths) < 16:
+        raise SystemExit("--lengths: give lengths >= 16 s (tiny.yaml's min_frames)")
+    cfg = demo_config(quick=args.quick, seed=args.seed, lengths=lengths)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, steps=args.steps))
     if args.answer_format is not None:

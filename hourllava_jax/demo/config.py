@@ -28,10 +28,13 @@ class DemoConfig:
     seed: int = 0
 
 
-def demo_config(*, quick: bool = False, seed: int = 0) -> DemoConfig:
+def demo_config(*, quick: bool = False, seed: int = 0, lengths: tuple[int, ...] = (32,)) -> DemoConfig:
     """Full run: 80 training videos of 32 s (any haystack x any needle x any second by splicing,
     ``dataset.training_batches``), 60 held-out videos at five depths, 1500 steps per variant.
-    32 s at 1 FPS keeps F = 8 frames (25 %) under uniform temporal forgetting."""
+    32 s at 1 FPS keeps F = 8 frames (25 %) under uniform temporal forgetting.
+
+    Several ``lengths`` (validated: 32, 48, 64): 8 training and 6 held-out videos per (length,
+    depth); MemAug then costs ~2.2x the single-length run (docs/demo.md)."""
     depths = (0.0, 0.25, 0.5, 0.75, 1.0)
     held_depths = (0.1, 0.3, 0.5, 0.7, 0.9)
     if quick:
@@ -41,9 +44,11 @@ def demo_config(*, quick: bool = False, seed: int = 0) -> DemoConfig:
             recipe=Recipe(steps=30, batch_size=8),
             seed=seed,
         )
+    lengths = tuple(sorted(lengths))
+    single = len(lengths) == 1
     return DemoConfig(
-        train=SplitSpec(seed=seed, lengths=(32,), depths=depths, repeats=16),
-        held_out=SplitSpec(seed=seed + 1, lengths=(32,), depths=held_depths, repeats=12),
+        train=SplitSpec(seed=seed, lengths=lengths, depths=depths, repeats=16 if single else 8),
+        held_out=SplitSpec(seed=seed + 1, lengths=lengths, depths=held_depths, repeats=12 if single else 6),
         recipe=Recipe(steps=1500, batch_size=16),
         seed=seed,
     )
