@@ -103,3 +103,17 @@ def number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def options_from_split(parts: list[str], marker: str) -> tuple[str, tuple[str, ...]] | str:
+    """``re.split`` of "question, then lettered options" text with the letter as the one group
+    -> ("question", options), or an error string. Letters must run A, B, C, ... in order."""
+    question, rest = parts[0].strip(), parts[1:]
+    letters, options = rest[0::2], [o.strip() for o in rest[1::2]]
+    if len(options) < 2:
+        return f"question has fewer than 2 {marker!r} options"
+    if "".join(letters) != it.LETTERS[: len(letters)]:
+        return f"option letters {''.join(letters)!r} are not A, B, C, ... in order"
+    if any(not o for o in options):
+        return "an option is empty"
+    return question, tuple(options)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, number, read_jsonl, require
+from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, number, options_from_split, read_jsonl, require
 
 BENCHMARK = "lvbench"
 _OPTION = re.compile(r"\n\s*\(([A-Z])\)\s*")
@@ -33,15 +33,7 @@ def split_question(text: str) -> tuple[str, tuple[str, ...]] | str:
     The letters must run A, B, C, ... in order, so a "(B)" inside an option's text that is not
     at a line start is left alone."""
     parts = _OPTION.split("\n" + text.strip() if text.lstrip().startswith("(A)") else text)
-    question, rest = parts[0].strip(), parts[1:]
-    letters, options = rest[0::2], [o.strip() for o in rest[1::2]]
-    if len(options) < 2:
-        return "question has fewer than 2 '(X)' options"
-    if "".join(letters) != it.LETTERS[: len(letters)]:
-        return f"option letters {''.join(letters)!r} are not A, B, C, ... in order"
-    if any(not o for o in options):
-        return "an option is empty"
-    return question, tuple(options)
+    return options_from_split(parts, "(X)")
 
 
 def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, read_json, require
+from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, options_from_split, read_json, require
 
 BENCHMARK = "tempcompass"
 _OPTION = re.compile(r"\n\s*\(?([A-Z])[\.\)]\s*")
@@ -31,15 +31,7 @@ _OPTION = re.compile(r"\n\s*\(?([A-Z])[\.\)]\s*")
 def split_question(text: str) -> tuple[str, tuple[str, ...]] | str:
     """"Q?\\nA. x\\nB. y" -> ("Q?", ("x", "y")), or an error string (letters must be A, B, ...)."""
     parts = _OPTION.split(text.strip())
-    question, rest = parts[0].strip(), parts[1:]
-    letters, options = rest[0::2], [o.strip() for o in rest[1::2]]
-    if len(options) < 2:
-        return "question has fewer than 2 'X.' options"
-    if "".join(letters) != it.LETTERS[: len(letters)]:
-        return f"option letters {''.join(letters)!r} are not A, B, C, ... in order"
-    if any(not o for o in options):
-        return "an option is empty"
-    return question, tuple(options)
+    return options_from_split(parts, "X.")
 
 
 def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
