@@ -139,3 +139,10 @@ def test_videomme_official_parquet_and_other_extensions(videomme_root: Path, tmp
     assert items[2].video.endswith("data/vidMedium1.mp4")  # absent: the runner will report it
     (root / "videomme" / "test-00000-of-00001.parquet").write_bytes(b"PAR1 garbage")
     assert _reasons(videomme.load(root)[1]) == {it.MALFORMED_JSON: 1}
+
+
+@pytest.mark.parametrize("name, rel", [("needle", "needle.json"), ("longvideobench", "lvb_val.json")])
+def test_wrong_top_level_is_a_recorded_problem(tmp_path, name, rel):
+    (tmp_path / rel).write_text('{"not": "a list"}')
+    items, problems = benchmarks.load(name, tmp_path)
+    assert items == [] and any("top level must be a list" in p.message for p in problems)

@@ -36,16 +36,21 @@ class Collector:
         return self.items, self.problems
 
 
-def read_json(path: Path, out: Collector) -> Any | None:
-    """The parsed file, or None with a recorded problem (missing or not JSON)."""
+def read_json(path: Path, out: Collector, top: type | None = None, shape: str = "a list") -> Any | None:
+    """The parsed file, or None with a recorded problem (missing, not JSON, or, with ``top``, a
+    top level that is not of that type: the problem says it must be ``shape``)."""
     if not path.is_file():
         out.problem(str(path), it.MISSING_FILE, "annotation file not found")
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         out.problem(str(path), it.MALFORMED_JSON, str(e))
         return None
+    if top is not None and not isinstance(data, top):
+        out.problem(path.name, it.BAD_RECORD, f"top level must be {shape}")
+        return None
+    return data
 
 
 def read_jsonl(path: Path, out: Collector) -> list[tuple[str, Any]]:
@@ -64,6 +69,21 @@ def read_jsonl(path: Path, out: Collector) -> list[tuple[str, Any]]:
             except json.JSONDecodeError as e:
                 out.problem(where, it.MALFORMED_JSON, str(e))
     return rows
+
+
+def checked_options(row: Any, fields: dict[str, type | tuple[type, ...]], options_key: str, where: str,
+                    out: Collector) -> tuple[str, ...] | None:
+    """The row's options if it has every field (right types) and usable options; otherwise None
+    with the problem recorded (BAD_RECORD or BAD_OPTIONS) against ``where``."""
+    err = require(row, fields)
+    if err:
+        out.problem(where, it.BAD_RECORD, err)
+        return None
+    options = it.coerce_options(row[options_key])
+    if isinstance(options, str):
+        out.problem(where, it.BAD_OPTIONS, options)
+        return None
+    return options
 
 
 def require(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, number, read_json, require
+from hourllava_jax.eval.benchmarks._common import Collector, checked_options, number, read_json
 
 BENCHMARK = "longvideobench"
 LENGTH_BUCKETS = {15: "8-15s", 60: "15-60s", 600: "180-600s", 3600: "900-3600s"}
@@ -33,19 +33,11 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
     """Reads lvb_val.json under `root`. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector(BENCHMARK)
-    data = read_json(root / "lvb_val.json", out)
-    if data is not None and not isinstance(data, list):
-        out.problem("lvb_val.json", it.BAD_RECORD, "top level must be a list")
-        data = None
+    data = read_json(root / "lvb_val.json", out, top=list)
     for i, row in enumerate(data or []):
         where = f"lvb_val.json[{i}]"
-        err = require(row, _FIELDS)
-        if err:
-            out.problem(where, it.BAD_RECORD, err)
-            continue
-        options = it.coerce_options(row["candidates"])
-        if isinstance(options, str):
-            out.problem(where, it.BAD_OPTIONS, options)
+        options = checked_options(row, _FIELDS, "candidates", where, out)
+        if options is None:
             continue
         choice = row["correct_choice"]
         if not 0 <= choice < len(options):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, number, read_json, require
+from hourllava_jax.eval.benchmarks._common import Collector, checked_options, number, read_json
 
 BENCHMARK = "mlvu"
 TASK_FILES = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
@@ -30,19 +30,11 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
     root = Path(root)
     out = Collector(BENCHMARK)
     for stem in TASK_FILES:
-        data = read_json(root / "json" / f"{stem}.json", out)
-        if data is not None and not isinstance(data, list):
-            out.problem(f"{stem}.json", it.BAD_RECORD, "top level must be a list")
-            data = None
+        data = read_json(root / "json" / f"{stem}.json", out, top=list)
         for i, row in enumerate(data or []):
             where = f"{stem}.json[{i}]"
-            err = require(row, _FIELDS)
-            if err:
-                out.problem(where, it.BAD_RECORD, err)
-                continue
-            options = it.coerce_options(row["candidates"])
-            if isinstance(options, str):
-                out.problem(where, it.BAD_OPTIONS, options)
+            options = checked_options(row, _FIELDS, "candidates", where, out)
+            if options is None:
                 continue
             matches = [k for k, o in enumerate(row["candidates"]) if o.strip() == row["answer"].strip()]
             if len(matches) != 1:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, number, read_json, require
+from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, checked_options, number, read_json
 
 BENCHMARK = "needle"
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -133,21 +133,19 @@ def build(haystacks: Sequence[str | Path], root: str | Path, depths: Sequence[fl
     return items, out.problems + problems
 
 
+_FIELDS = {"id": str, "video": str, "question": str, "options": list, "answer": str,
+           "depth": (int, float), "length": (int, float)}
+
+
 def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
     """Reads root/needle.json. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector(BENCHMARK)
-    data = read_json(root / "needle.json", out)
-    for i, row in enumerate(data if isinstance(data, list) else []):
+    data = read_json(root / "needle.json", out, top=list)
+    for i, row in enumerate(data or []):
         where = f"needle.json[{i}]"
-        err = require(row, {"id": str, "video": str, "question": str, "options": list, "answer": str,
-                            "depth": (int, float), "length": (int, float)})
-        if err:
-            out.problem(where, it.BAD_RECORD, err)
-            continue
-        options = it.coerce_options(row["options"])
-        if isinstance(options, str):
-            out.problem(where, it.BAD_OPTIONS, options)
+        options = checked_options(row, _FIELDS, "options", where, out)
+        if options is None:
             continue
         answer = answer_letter(row["answer"], len(options))
         if answer is None:

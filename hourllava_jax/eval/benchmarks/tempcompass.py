@@ -38,10 +38,7 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
     """Reads the TempCompass multiple-choice questions under `root`. Returns (items, problems)."""
     root = Path(root)
     out = Collector(BENCHMARK)
-    data = read_json(root / "questions" / "multi-choice.json", out)
-    if data is not None and not isinstance(data, dict):
-        out.problem("multi-choice.json", it.BAD_RECORD, "top level must map video id -> dimension -> questions")
-        data = None
+    data = read_json(root / "questions" / "multi-choice.json", out, top=dict, shape="a map video id -> dimension -> questions")
     for vid, dims in (data or {}).items():
         if not isinstance(dims, dict):
             out.problem(f"multi-choice.json[{vid}]", it.BAD_RECORD, "expected dimension -> list of questions")

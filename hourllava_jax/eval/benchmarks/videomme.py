@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, read_json, read_jsonl, require
+from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, checked_options, read_json, read_jsonl
 
 DURATIONS = ("short", "medium", "long")
 _FIELDS = {"videoID": str, "question_id": str, "question": str, "options": list, "answer": str, "duration": str}
@@ -47,11 +47,8 @@ def _rows(root: Path, out: Collector) -> list[tuple[str, Any]]:
         return [(f"{parquet.name}[{i}]", r) for i, r in enumerate(rows)]
     if (root / "videomme.jsonl").is_file():
         return read_jsonl(root / "videomme.jsonl", out)
-    data = read_json(root / "videomme.json", out)
+    data = read_json(root / "videomme.json", out, top=list, shape="a list of rows")
     if data is None:
-        return []
-    if not isinstance(data, list):
-        out.problem("videomme.json", it.BAD_RECORD, "top level must be a list of rows")
         return []
     return [(f"videomme.json[{i}]", r) for i, r in enumerate(data)]
 
@@ -100,13 +97,8 @@ def load(root: str | Path, subtitles: bool = False) -> tuple[list[it.EvalItem], 
     root = Path(root)
     out = Collector("videomme_sub" if subtitles else "videomme")
     for where, row in _rows(root, out):
-        err = require(row, _FIELDS)
-        if err:
-            out.problem(where, it.BAD_RECORD, err)
-            continue
-        options = it.coerce_options(row["options"])
-        if isinstance(options, str):
-            out.problem(where, it.BAD_OPTIONS, options)
+        options = checked_options(row, _FIELDS, "options", where, out)
+        if options is None:
             continue
         answer = answer_letter(row["answer"], len(options))
         if answer is None:
