@@ -147,6 +147,13 @@ def _prepare(input_ids, inputs_embeds, attention_mask, bucket: int, pad_id: int)
     return None, jnp.pad(jnp.asarray(inputs_embeds), ((0, 0), (0, lp - l), (0, 0))), mask
 
 
+def _end_and_pad(cfg, eos_ids: Sequence[int] | int | None, pad_id: int | None) -> tuple[tuple[int, ...], int]:
+    """End tokens (default: the config's eos ids) and the pad id (default: config pad id, else 0)."""
+    eos = cfg.eos_ids if eos_ids is None else ((eos_ids,) if isinstance(eos_ids, int) else tuple(eos_ids))
+    pad = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
+    return eos, pad
+
+
 def _check_sampling(temperature: float, top_p: float, rng) -> None:
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
@@ -178,9 +185,7 @@ def generate(
     pad_id: fills tokens after the end (default: config pad id, else 0).
     bucket: the prompt is padded to a multiple of it so lengths share compiled programs.
     """
-    cfg = model.cfg
-    eos = cfg.eos_ids if eos_ids is None else ((eos_ids,) if isinstance(eos_ids, int) else tuple(eos_ids))
-    pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
+    eos, pad_id = _end_and_pad(model.cfg, eos_ids, pad_id)
     _check_sampling(temperature, top_p, rng)
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -220,9 +225,7 @@ def stream(
     """Like :func:`generate`, but yields each step's tokens int32[B] (pad_id for finished rows) as
     soon as they exist; stops when every row ended or after ``max_new_tokens``. Same tokens as
     ``generate`` for the same arguments."""
-    cfg = model.cfg
-    eos = cfg.eos_ids if eos_ids is None else ((eos_ids,) if isinstance(eos_ids, int) else tuple(eos_ids))
-    pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
+    eos, pad_id = _end_and_pad(model.cfg, eos_ids, pad_id)
     _check_sampling(temperature, top_p, rng)
     ids, embeds, mask = _prepare(input_ids, inputs_embeds, attention_mask, bucket, pad_id)
     graphdef, state = nnx.split(model)
