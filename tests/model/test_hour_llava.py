@@ -10,23 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hourllava_jax.config import load_model_config
 from hourllava_jax.model.hour_llava import HourLlava, lm_loss, loss_fn
 from hourllava_jax.model.inputs import Sample, collate
 from hourllava_jax.model.layout import video_layout
 from hourllava_jax.model.memory import build_video_memory
 
 IMG = -200
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_model_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    return HourLlava(cfg, rngs=nnx.Rngs(0))
 
 
 @nnx.jit

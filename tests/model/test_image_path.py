@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hourllava_jax.config import load_model_config
 from hourllava_jax.model.anyres import (
     anyres_grid_features, anyres_grid_shape, build_anyres_memory, build_multi_image_memory, unpad_slices,
 )
@@ -26,16 +25,6 @@ from hourllava_jax.model.memory import build_video_memory
 
 IMG = -200
 G, CROP = 8, 112  # tiny: 112 px crops of 14 px patches
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_model_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    return HourLlava(cfg, rngs=nnx.Rngs(0))
 
 
 @nnx.jit
