@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py              # everything (tens of minutes on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke run of every script into results/quick/
-    python benchmarks/run_all.py --only decode llm_step
+    python benchmarks/run_all.py --only decode llm_step   # rerun some; recorded as a rerun of the last full run
     python benchmarks/run_all.py --render     # only rebuild RESULTS.md from benchmarks/results/*.json
 
 Each script writes ``benchmarks/results/<name>.json``; this file renders them (every list of
@@ -74,6 +74,10 @@ def render(results_dir: Path = RESULTS) -> str:
         lines += [f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} cores, load average at start {meta['loadavg_start']}).", ""]
         lines += ["Matmul peak measured at the start of this run (the roofline for every efficiency figure):", ""]
         lines += _table(meta["peak"]) + [""]
+        for rerun in meta.get("reruns", []):
+            lines += [f"Rerun {rerun['date']} (load average at start {rerun['loadavg_start']}) of: "
+                      f"{', '.join(rerun['scripts'])}, with the matmul peak measured again then:", ""]
+            lines += _table(rerun["peak"]) + [""]
         failed = [k for k, v in meta["scripts"].items() if v["returncode"] != 0]
         if failed:
             lines += [f"Scripts that failed in this run (see their logs): {', '.join(failed)}", ""]
@@ -112,14 +116,19 @@ def main() -> int:
 
         import jax.numpy as jnp
 
-        meta = {
+        now = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": platform.platform(),
-            "cpus": os.cpu_count(),
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "peak": [measure_matmul_peak(jnp.float32), measure_matmul_peak(jnp.bfloat16)],
-            "scripts": {},
         }
+        previous = RESULTS / "run_all.json"
+        if args.only and not args.quick and previous.is_file():
+            # A partial rerun joins the last full run's record instead of replacing it, so
+            # RESULTS.md still says which run (and which peak) every section comes from.
+            meta = json.loads(previous.read_text())
+            meta.setdefault("reruns", []).append({**now, "scripts": list(args.only)})
+        else:
+            meta = {**now, "machine": platform.platform(), "cpus": os.cpu_count(), "scripts": {}}
         for name, quick_args in SCRIPTS.items():
             if args.only and name not in args.only:
                 continue
@@ -135,7 +144,8 @@ def main() -> int:
             log = out_dir / f"{name}.log"
             with log.open("w") as fh:
                 rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=HERE.parent)
-            meta["scripts"][name] = {"returncode": rc, "seconds": round(time.perf_counter() - t0, 1), "log": str(log.relative_to(HERE.parent))}
+            meta["scripts"][name] = {"returncode": rc, "seconds": round(time.perf_counter() - t0, 1), "date": now["date"],
+                                     "log": str(log.relative_to(HERE.parent))}
             print(f"   exit {rc} in {meta['scripts'][name]['seconds']} s (log: {log})", flush=True)
         target = RESULTS / "quick" if args.quick else RESULTS
         (target / "run_all.json").write_text(json.dumps(meta, indent=2))

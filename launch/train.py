@@ -132,7 +132,7 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
                                 process_count=process_count, shuffle=d.shuffle, seed=d.seed)
     import grain
 
-    from hourllava_jax.data.pipeline import PipelineConfig, RecordSource, make_feature_pipeline
+    from hourllava_jax.data.pipeline import PipelineConfig, RecordSource, make_feature_pipeline, mix_pipelines
 
     mcfg = model_config(cfg)
     pcfg = PipelineConfig(
@@ -142,13 +142,23 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
         image_token_id=mcfg.image_token_id, pad_id=mcfg.llm.pad_token_id or 0, worker_count=d.worker_count,
     )
     raw = d.source == "videos"
-    return make_feature_pipeline(
-        RecordSource(list(d.records)), tokenizer_dir=d.tokenizer, memory=mcfg.memory, cfg=pcfg,
-        store_dir=None if raw else d.feature_store, video_root=d.video_root if raw else None,
-        image_size=mcfg.vision.image_size if raw else None,
-        shard_options=grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count, drop_remainder=True),
-        meta_cache=d.meta_cache or None,
-    )
+    vision = mcfg.vision
+
+    def pipeline(records: list[str], cache: str | None):
+        return make_feature_pipeline(
+            RecordSource(records), tokenizer_dir=d.tokenizer, memory=mcfg.memory, cfg=pcfg,
+            store_dir=None if raw else d.feature_store, video_root=d.video_root if raw else None,
+            image_size=vision.image_size if raw or d.image_root else None, image_root=d.image_root or None,
+            image_tokens_per_side=vision.image_size // vision.patch_size if d.image_root else None,
+            shard_options=grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count, drop_remainder=True),
+            meta_cache=cache,
+        )
+
+    if not d.record_weights:
+        return pipeline(list(d.records), d.meta_cache or None)
+    # One pipeline per record file (each with its own metadata cache), mixed batch by batch.
+    parts = [pipeline([r], f"{d.meta_cache}.{i}" if d.meta_cache else None) for i, r in enumerate(d.records)]
+    return mix_pipelines(parts, list(d.record_weights))
 
 
 # ==================================================================================================

@@ -25,6 +25,7 @@ DECODE_TIMEOUT = "decode_timeout"
 TOO_LONG = "too_long"
 CORRUPT_FEATURES = "corrupt_features"
 UNSUPPORTED_RECORD_KIND = "unsupported_record_kind"
+CORRUPT_IMAGE = "corrupt_image"
 
 REASONS = frozenset(
     {
@@ -43,6 +44,7 @@ REASONS = frozenset(
         TOO_LONG,
         CORRUPT_FEATURES,
         UNSUPPORTED_RECORD_KIND,
+        CORRUPT_IMAGE,
     }
 )
 

@@ -10,19 +10,23 @@
    frame indices; variable-rate files (timestamps off an even grid) select by presentation time.
 3. **Decode**, GOP-aware (``should_seek``): with keyframes at least as dense as the sampling
    step, for each GOP holding selected frames seek to its keyframe and decode up to the last
-   selected one; otherwise (long GOPs) decode the stream once from the start up to the last
-   selected frame, since every frame is needed as a reference anyway. Either way the decoder
+   selected one; otherwise (long GOPs) every frame up to a selected one is needed as a
+   reference, so the stream is cut into runs of whole GOPs (``_segments``, one per core) and
+   each run is decoded sequentially from its keyframe by its own single-threaded decoder, the
+   runs in parallel threads (PyAV releases the GIL while decoding); frame threading inside one
+   decoder used ~1.3 of 2 cores here, independent runs use both. Either way the decoder
    is drained right after the last packet needed (a frame-threaded decoder otherwise holds
    frames back until ``thread_count`` more packets arrive), a frame is identified by its pts,
    never by counting, and a seek that lands wrong (a broken index, open-GOP leading pictures)
-   falls back to sequential decoding, so the result is always the frame a decode-everything
-   pass would give. Frame threading is on (``thread_type="AUTO"``;
+   falls back to one decoder reading from the start, so the result is always the frame a
+   decode-everything pass would give. For a single decoder frame threading is on (``thread_type="AUTO"``;
    PyAV's default slice threading does nothing for one-slice x264 streams, ENV.md). For
    H.264/HEVC, packets that are not selected are decoded with ``skip_frame="NONREF"``:
    non-reference frames are never used by another frame, so skipping them changes no output.
 4. **Convert** only the selected frames: YUV -> RGB at native size by libswscale (bit-identical
    to decord, the release's reader), then ``preprocess.resize_rgb`` (PIL bicubic straight to
-   ``size`` x ``size``, SPEC §1.1). Normalisation is a separate call (``preprocess.normalize``).
+   ``size`` x ``size``, SPEC §1.1) in a helper thread, overlapping the decoder (PIL releases
+   the GIL). Normalisation is a separate call (``preprocess.normalize``).
 
 Timeouts: elapsed time is checked before every packet (probe and decode) and before every
 conversion; past ``timeout_s`` a ``DataError(DECODE_TIMEOUT)`` is raised. A single native call
@@ -37,8 +41,11 @@ video stream), unsupported codec, corrupt or truncated data, zero frames.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,6 +64,7 @@ from hourllava_jax.data.preprocess import SIGLIP_SIZE, resize_rgb
 
 # Decoders whose skip_frame="NONREF" is exact (drops only frames nothing else references).
 _NONREF_SKIP_CODECS = frozenset({"h264", "hevc"})
+_MAX_IN_FLIGHT = 8  # native-size RGB frames waiting for the resize thread (8 x 2.7 MB at 720p)
 # Container signatures: a file that starts like a video container but will not open is corrupt
 # (e.g. truncated before the mp4 index), anything else is not a video at all.
 _MAGIC = (
@@ -291,19 +299,36 @@ class _Decoder:
     """Feeds packets to the decoder and keeps the wanted frames, converted (shared by both modes)."""
 
     def __init__(self, container, stream, index: VideoIndex, want_pts: np.ndarray, size: int | None,
-                 deadline: _Deadline):
+                 deadline: _Deadline, resizer: ThreadPoolExecutor | None = None):
         self.container, self.stream, self.cc = container, stream, stream.codec_context
         self.skip_nonref = self.cc.name in _NONREF_SKIP_CODECS
         self.want = set(want_pts.tolist())
         self.size, self.deadline = size, deadline
         self.pos_of_pts = dict(zip(index.pts.tolist(), index.decode_pos.tolist()))
-        self.got: dict[int, np.ndarray] = {}
+        self.got: dict[int, np.ndarray | Future] = {}
+        self.resizer = resizer if size is not None else None
+        self._in_flight: collections.deque[Future] = collections.deque()
 
     def _keep(self, frames) -> None:
         for frame in frames:
             if frame.pts in self.want and frame.pts not in self.got:
                 self.deadline.check("converting")
-                self.got[frame.pts] = resize_rgb(frame.to_ndarray(format="rgb24"), self.size)
+                rgb = frame.to_ndarray(format="rgb24")
+                if self.resizer is None:
+                    self.got[frame.pts] = resize_rgb(rgb, self.size)
+                    continue
+                # PIL's bicubic resize of a 720p frame costs about as much as decoding the ~30
+                # frames between two selected ones; it releases the GIL, so it overlaps the
+                # decoder in a thread. At most _MAX_IN_FLIGHT native-size frames wait (memory).
+                while len(self._in_flight) >= _MAX_IN_FLIGHT:
+                    self._in_flight.popleft().result()
+                fut = self.resizer.submit(resize_rgb, rgb, self.size)
+                self._in_flight.append(fut)
+                self.got[frame.pts] = fut
+
+    def frames(self) -> dict[int, np.ndarray]:
+        """pts -> uint8[size, size, 3] of every kept frame (waits for pending resizes)."""
+        return {pts: (f.result() if isinstance(f, Future) else f) for pts, f in self.got.items()}
 
     def run(self, wanted: set[int], last_pos: int) -> None:
         """Demuxes from the current position until every pts in ``wanted`` was sent, then drains.
@@ -335,6 +360,40 @@ def _decode_sequential(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -
     dec.run(set(want_pts.tolist()), int(index.decode_pos.max()))
 
 
+def _decode_from_keyframe(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -> None:
+    """One pass from the keyframe opening the GOP of the first wanted frame (a segment)."""
+    display = np.searchsorted(index.pts, want_pts)
+    g = int(_gop_start(index)[display].min())
+    if g > 0:
+        pos_to_pts = np.empty_like(index.pts)
+        pos_to_pts[index.decode_pos] = index.pts
+        dec.container.seek(int(pos_to_pts[g]), stream=dec.stream, backward=True, any_frame=False)
+    group = set(want_pts.tolist())
+    dec.run(group, int(index.decode_pos[display].max()))
+    if not group <= dec.got.keys():
+        raise _SeekMiss(g)
+
+
+def _segments(index: VideoIndex, want_pts: np.ndarray, n: int) -> list[np.ndarray]:
+    """``want_pts`` cut into at most ``n`` runs of whole GOPs with about equal decode spans.
+
+    Each run starts at a keyframe, so the runs decode independently (one decoder each, in
+    parallel): a GOP is never split, as its frames depend on its keyframe.
+    """
+    display = np.searchsorted(index.pts, want_pts)
+    gop = _gop_start(index)[display]
+    starts = np.unique(gop)
+    if n <= 1 or len(starts) < 2:
+        return [want_pts]
+    first, last = int(starts[0]), int(index.decode_pos[display].max())
+    targets = first + (last - first) * np.arange(1, n) / n
+    cuts = np.unique(starts[np.minimum(np.searchsorted(starts, targets), len(starts) - 1)])
+    cuts = cuts[cuts > first]
+    bounds = np.concatenate([[first], cuts, [np.iinfo(np.int64).max]])
+    runs = [want_pts[(gop >= lo) & (gop < hi)] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [r for r in runs if len(r)]
+
+
 def _decode_by_seeking(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -> None:
     """Per GOP holding wanted frames: seek to its keyframe, decode up to the last wanted frame."""
     display_of_pts = np.searchsorted(index.pts, want_pts)
@@ -364,6 +423,7 @@ def decode_video(
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     threads: int = 0,
     indices: np.ndarray | None = None,
+    segments: int | None = None,
 ) -> DecodedVideo:
     """Decodes the SPEC §2 frames of ``path`` (module docstring for the method).
 
@@ -373,6 +433,8 @@ def decode_video(
       timeout_s: wall-clock budget for probe + decode (DataError DECODE_TIMEOUT past it).
       threads: decoder threads (0 = FFmpeg's choice, one per core).
       indices: decode these display-order frame indices instead of the sampling rule.
+      segments: independent decoders run in parallel over runs of whole GOPs (default: as
+        many as ``threads``, i.e. cores); 1 = one frame-threaded decoder.
     Returns a ``DecodedVideo`` with ``frames`` uint8[T, size, size, 3].
     """
     path = Path(path)
@@ -384,25 +446,52 @@ def decode_video(
     if len(indices) and (indices.min() < 0 or indices.max() >= index.num_frames):
         raise ValueError(f"{path}: frame indices out of range [0, {index.num_frames})")
     want_pts = np.unique(index.pts[indices])
-    allow_seek = should_seek(index, indices)
-    got: dict[int, np.ndarray] = {}
-    for seeking in ((True, False) if allow_seek else (False,)):
+    workers = max(1, (threads or os.cpu_count() or 1) if segments is None else segments)
+    runs = _segments(index, want_pts, workers) if len(want_pts) > 1 else [want_pts]
+    # Strategies in order of preference; a seek that lands wrong falls through to the next, and
+    # one decoder reading the file from its start is always last (what decode-everything gives).
+    if should_seek(index, indices):
+        # Dense keyframes: one frame-threaded decoder hopping between GOPs was faster than
+        # parallel single-threaded ones (short runs; each GOP starts with a costly keyframe).
+        plans = [(_decode_by_seeking, [want_pts]), (_decode_sequential, [want_pts])]
+    elif len(runs) > 1:
+        plans = [(_decode_from_keyframe, runs), (_decode_sequential, [want_pts])]
+    else:
+        plans = [(_decode_sequential, [want_pts])]
+    resizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resize") if size is not None and len(indices) > 1 else None
+
+    def decode_run(strategy, run: np.ndarray, decoder_threads: int) -> dict[int, np.ndarray | Future]:
         container, stream = _open(path, timeout_s)
         try:
             stream.codec_context.thread_type = "AUTO"
-            stream.codec_context.thread_count = threads
-            dec = _Decoder(container, stream, index, want_pts, size, deadline)
-            (_decode_by_seeking if seeking else _decode_sequential)(dec, index, want_pts)
-            got = dec.got
-            break
-        except _SeekMiss:
-            continue  # seeking is unreliable on this file: decode it sequentially instead
-        except av.error.ExitError as e:
-            raise DataError(path, errors.DECODE_TIMEOUT, f"a read stalled past {timeout_s} s ({e})") from e
-        except av.error.FFmpegError as e:
-            raise DataError(path, errors.CORRUPT_VIDEO, f"decoding failed ({e})") from e
+            stream.codec_context.thread_count = decoder_threads
+            dec = _Decoder(container, stream, index, want_pts, size, deadline, resizer)
+            strategy(dec, index, run)
+            return dec.frames()
         finally:
             container.close()
+
+    got: dict[int, np.ndarray] = {}
+    try:
+        for strategy, plan_runs in plans:
+            try:
+                if len(plan_runs) == 1:  # one decoder: frame threading over all cores
+                    got = decode_run(strategy, plan_runs[0], threads)
+                else:  # one single-threaded decoder per run, runs in parallel (PyAV releases the GIL)
+                    with ThreadPoolExecutor(max_workers=len(plan_runs), thread_name_prefix="decode") as pool:
+                        for part in list(pool.map(lambda r, st=strategy: decode_run(st, r, 1), plan_runs)):
+                            got.update(part)
+                break
+            except _SeekMiss:
+                got = {}
+                continue  # seeking is unreliable on this file: fall back to the next strategy
+            except av.error.ExitError as e:
+                raise DataError(path, errors.DECODE_TIMEOUT, f"a read stalled past {timeout_s} s ({e})") from e
+            except av.error.FFmpegError as e:
+                raise DataError(path, errors.CORRUPT_VIDEO, f"decoding failed ({e})") from e
+    finally:
+        if resizer is not None:
+            resizer.shutdown(wait=True, cancel_futures=True)
     missing = [int(p) for p in want_pts if int(p) not in got]
     if missing:
         i = int(np.searchsorted(index.pts, missing[0]))

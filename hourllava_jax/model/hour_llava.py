@@ -12,7 +12,10 @@ features           float[B, U, P, C]            visual units (video frames alrea
                                                 P = p² tokens, or image crops), before the
                                                 projector; only read flattened (collate packs
                                                 smaller units into P); or instead:
-pixels             float[B, U, S, S, 3]         normalised frames/crops for the vision tower
+pixels             float[B, U, S, S, 3]         normalised video frames for the vision tower
+                                                (pooled to p² tokens each); or instead:
+image_pixels       float[B, U, S, S, 3]         normalised image units (anyres base + crops,
+                                                or one per image), not pooled (SPEC §1.2)
 memory_src         int32[B, M]                  see :mod:`hourllava_jax.model.layout`;
                    or int32[B, M, 4]            with ``memory_w``: anyres images (SPEC §1.6)
 memory_w           float32[B, M, 4] (optional)  tap weights: slot = sum_t w_t·projected[src_t]
@@ -110,10 +113,14 @@ class HourLlava(nnx.Module):
     # -- forward -----------------------------------------------------------------------------
 
     def visual_features(self, batch: Batch, *, video: bool = True) -> jax.Array:
-        """Pre-projector features float[B, U, P, C] from ``features`` or by running the tower."""
+        """Pre-projector features float[B, U, P, C] from ``features`` or by running the tower on
+        ``pixels`` (pooled unless ``video=False``) or ``image_pixels`` (never pooled)."""
         if "features" in batch:
             return batch["features"]
-        px = batch["pixels"]
+        if "image_pixels" in batch:
+            px, video = batch["image_pixels"], False
+        else:
+            px = batch["pixels"]
         b, u = px.shape[:2]
         enc = self.encode_frames if video else self.encode_images
         f = enc(px.reshape((b * u,) + px.shape[2:]))

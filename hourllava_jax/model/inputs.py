@@ -32,8 +32,12 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, unit_multiple: int = 16,
-            memory_multiple: int = 128, decayed_multiple: int = 64, image_token_id: int = -200) -> dict[str, np.ndarray]:
+            memory_multiple: int = 128, decayed_multiple: int = 64, image_token_id: int = -200,
+            max_placeholders: int | None = None) -> dict[str, np.ndarray]:
     """Pads samples into the batch dict of :class:`~hourllava_jax.model.hour_llava.HourLlava`.
+
+    ``max_placeholders``: K of ``decayed`` int32[B, K, N] (default: the batch's largest count;
+    a data pipeline fixes it so multi-image batches keep one shape).
 
     Raises ValueError when a sample's ``<image>`` count differs from its layout's placeholder
     count (the release would silently misalign them).
@@ -63,7 +67,8 @@ def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, 
     if not visual:
         return batch
     feats = _pack_features(samples, unit_multiple)
-    lay = collate_layouts([s.layout for s in samples], memory_multiple=memory_multiple, decayed_multiple=decayed_multiple)
+    lay = collate_layouts([s.layout for s in samples], memory_multiple=memory_multiple, decayed_multiple=decayed_multiple,
+                          max_placeholders=max_placeholders)
     batch.update(features=feats, memory_src=lay.memory_src, memory_pos=lay.memory_pos, decayed=lay.decayed)
     if lay.memory_w is not None:
         batch["memory_w"] = lay.memory_w

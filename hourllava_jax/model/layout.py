@@ -28,7 +28,7 @@ import numpy as np
 
 from hourllava_jax.config import MemoryConfig
 from hourllava_jax.model.anyres import _insert_row_newlines, base_position_ids, unpad_slices
-from hourllava_jax.model.forgetting import spatial_keep_indices, temporal_frame_indices
+from hourllava_jax.model.forgetting import spatial_keep_count, spatial_keep_indices, temporal_frame_indices
 from hourllava_jax.model.memory import _bilinear_matrix, repeat_indices
 
 NEWLINE = -1
@@ -170,6 +170,36 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     slot_tok = gg + (with_nl // w) * (w + 1) + with_nl % w
     decayed = np.concatenate([sel_b, np.where(with_nl < 0, slot_nl, slot_tok)]).astype(np.int32)
     return VisualLayout(src, pos, (decayed,), memory_w=wts)
+
+
+def image_grid_size(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int,
+                    max_crops: int) -> tuple[int, int]:
+    """(h, w) of an anyres image's final token grid: unpadded, then downscaled when larger than
+    ``max_crops`` crops (the grid :func:`image_layout` lays out; no features needed)."""
+    (npw, nph), g = num_patches, tokens_per_side
+    rows, cols = unpad_slices(nph * g, npw * g, image_size)
+    h, w = len(range(nph * g)[rows]), len(range(npw * g)[cols])
+    times = np.sqrt(h * w / (max_crops * g * g))
+    return (int(h // times), int(w // times)) if times > 1.1 else (h, w)
+
+
+def image_layout_size(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int,
+                      cfg: MemoryConfig) -> tuple[int, int]:
+    """(memory slots M, an upper bound on the decayed block's length) of :func:`image_layout`,
+    from the image's size alone: what a data pipeline plans static shapes with. The block holds
+    the kept base and grid tokens and one newline per distinct kept row, which depends on the
+    random draw; the bound is ``min(h, kept grid tokens)`` newlines."""
+    g = tokens_per_side
+    h, w = image_grid_size(image_size, num_patches, g, cfg.image_max_crops)
+    kept = spatial_keep_count(h, w, cfg.spatial_keep_ratio, cfg.spatial_mode)
+    base = spatial_keep_count(g, g, cfg.spatial_keep_ratio, cfg.spatial_mode)
+    return g * g + h * (w + 1), base + kept + min(h, kept)
+
+
+def multi_image_layout_size(num_images: int, tokens_per_image: int, cfg: MemoryConfig) -> tuple[int, int]:
+    """(memory slots M, decayed tokens per placeholder) of :func:`multi_image_layout` (exact)."""
+    g = int(round(tokens_per_image**0.5))
+    return num_images * (tokens_per_image + 1), spatial_keep_count(g, g, cfg.spatial_keep_ratio, cfg.spatial_mode) + 1
 
 
 @dataclasses.dataclass(frozen=True)

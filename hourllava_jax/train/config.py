@@ -65,8 +65,12 @@ class DataConfig:
     ``synthetic``: the in-memory iterator of the stand-in model (``train/data_iter.py``).
     ``features``: VideoMarathon-style JSON Lines ``records`` + a pre-extracted ``feature_store``
     through the grain pipeline (``data/pipeline.py``); ``videos``: the same records decoded from
-    ``video_root`` at 1 FPS (stage 2, where SigLIP trains). Paths are relative to the working
-    directory of the launch.
+    ``video_root`` at 1 FPS (stage 2, where SigLIP trains). With ``image_root``, image and
+    multi-image records (LLaVA-OneVision layout, files under ``<image_root>/images/``) are served
+    too, in batches of their own; without it they are skipped and counted. ``record_weights``
+    (one per ``records`` file) mixes the files batch by batch in those proportions, e.g. ``[3, 1]``
+    for the paper's long-to-short mix; empty: all files form one set. Paths are relative to the
+    working directory of the launch.
     """
 
     source: Literal["synthetic", "features", "videos"] = "synthetic"
@@ -78,6 +82,8 @@ class DataConfig:
     records: tuple[str, ...] = ()  # JSON Lines / JSON record files
     feature_store: str = ""
     video_root: str = ""
+    image_root: str = ""
+    record_weights: tuple[float, ...] = ()
     tokenizer: str = ""  # a Hugging Face tokenizer directory
     frame_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     max_frames: int | None = None
@@ -95,6 +101,9 @@ class DataConfig:
             _require(bool(self.records) and bool(self.tokenizer), f"data.source={self.source}: data.records and data.tokenizer are required")
         _require(self.source != "features" or bool(self.feature_store), "data.source=features needs data.feature_store")
         _require(self.source != "videos" or bool(self.video_root), "data.source=videos needs data.video_root")
+        _require(not self.record_weights or len(self.record_weights) == len(self.records),
+                 f"data.record_weights has {len(self.record_weights)} weights for {len(self.records)} record files")
+        _require(all(w > 0 for w in self.record_weights), "data.record_weights must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

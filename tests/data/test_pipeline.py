@@ -17,7 +17,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from hourllava_jax.config import load_model_config
-from hourllava_jax.data import errors, pipeline
+from hourllava_jax.data import errors, samples
 from hourllava_jax.data.chat import tokenize_record
 from hourllava_jax.data.features import CORRUPT_FEATURES, FeatureStore, FeatureWriter
 from hourllava_jax.data.frames import feature_indices
@@ -119,7 +119,7 @@ def test_batches_are_static_single_stream_and_correct(data):
     batches = list(pipe)
     # 8 long, 8 short videos, 4 text: groups of 2 per (stream, bucket) -> 10 batches, maybe remainders
     assert len(batches) == len(pipe.plan) == (20 - sum(pipe.plan.dropped_per_epoch)) // 2 >= 8
-    tok = pipeline._load_light_tokenizer(root / "tok")  # == transformers' (test below), without its import cost
+    tok = samples.load_light_tokenizer(root / "tok")  # == transformers' (test below), without its import cost
     store = FeatureStore(root / "store")
     source = RecordSource(root / "records.jsonl")
     seen = set()
@@ -236,7 +236,7 @@ def test_two_processes_are_disjoint_cover_and_agree_on_shapes(data):
 
 def test_bad_samples_are_skipped_counted_and_logged_once(data, caplog):
     bad = data["bad"]
-    pipeline._LOGGED.clear()
+    samples._LOGGED.clear()
     with caplog.at_level(logging.WARNING, logger="hourllava_jax.data.pipeline"):
         pipe = _pipe(bad, data["root"], batch_size=1)
         batches = list(pipe)
@@ -254,7 +254,7 @@ def test_bad_samples_are_skipped_counted_and_logged_once(data, caplog):
 
 def test_light_tokenizer_matches_transformers(data):
     tok = load_tokenizer(data["root"] / "tok")
-    light = pipeline._load_light_tokenizer(data["root"] / "tok")
+    light = samples.load_light_tokenizer(data["root"] / "tok")
     rec = parse_record(_video_record(3, 41.0), "x")
     a = tokenize_record(rec, tok, seconds=41.37, n_frames=41)
     b = tokenize_record(rec, light, seconds=41.37, n_frames=41)
@@ -315,7 +315,7 @@ def test_raw_video_mode_gives_pixels(data, tmp_path):
                                  video_root=tmp_path, image_size=56, shard_options=grain.sharding.NoSharding())
     batches = list(pipe)
     assert len(batches) == len(recs)
-    tok = pipeline._load_light_tokenizer(data["root"] / "tok")
+    tok = samples.load_light_tokenizer(data["root"] / "tok")
     for b, batch in enumerate(batches):
         (i,) = pipe.plan.planned(b).rows
         ref = decode_video(tmp_path / "videos" / "synthetic" / recs[i].video, size=56)
@@ -379,3 +379,38 @@ def test_metadata_cache_is_reused_and_invalidated(data, tmp_path, monkeypatch):
     _equal([next(again) for _ in range(3)], [next(first) for _ in range(3)])
     make(long_video_seconds=30.0)  # an option the metadata depends on: recomputed
     assert len(calls) == len(RecordSource(root / "records.jsonl"))
+
+
+def test_mixing_interleaves_components_by_weight_and_resumes(data):
+    """3:1 mix of two record sets (here one set under two shuffles): every mixed batch is the
+    next batch of the component grain's mix picks, 6 of the first 8 from the first; resumes exactly."""
+    from hourllava_jax.data.pipeline import mix_pipelines
+
+    root = data["root"]
+
+    def mixture():
+        return mix_pipelines([_pipe(root, num_epochs=None), _pipe(root, num_epochs=None, seed=4)], [3, 1])
+
+    mix = mixture()
+    got = [next(mix) for _ in range(8)]
+    comps = [iter(_pipe(root, num_epochs=None)), iter(_pipe(root, num_epochs=None, seed=4))]
+    ref_a, ref_b = [next(comps[0]) for _ in range(8)], [next(comps[1]) for _ in range(8)]
+    picks = []
+    for batch in got:
+        if ref_a and all(np.array_equal(batch[k], ref_a[0][k]) for k in batch) and batch.keys() == ref_a[0].keys():
+            picks.append(0)
+            ref_a.pop(0)
+        else:
+            _equal([batch], [ref_b.pop(0)])
+            picks.append(1)
+    assert picks.count(0) == 6 and picks.count(1) == 2
+    state = json.loads(json.dumps(mix.get_state()))
+    assert state["next_batch"] == 8 and state["fingerprint"]["weights"] == [3.0, 1.0]
+    want = [next(mix) for _ in range(4)]
+    fresh = mixture()
+    fresh.set_state(state)
+    _equal([next(fresh) for _ in range(4)], want)
+    with pytest.raises(ValueError, match="another dataset"):
+        mix_pipelines([_pipe(root, num_epochs=None), _pipe(root, num_epochs=None, seed=4)], [1, 1]).set_state(state)
+    with pytest.raises(ValueError, match="positive weight"):
+        mix_pipelines([_pipe(root)], [0])

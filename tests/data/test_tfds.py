@@ -91,6 +91,39 @@ def test_tfds_source_feeds_the_pipeline(src, tmp_path):
         assert batch["features"].shape == (1, 16, 16, 8)
 
 
+def test_tfds_frames_feed_the_pipeline_as_pixels(src, tmp_path):
+    """The ``frames`` config: stored 64x64 frames -> ``pixels`` at the tower's side (56 here, PIL
+    bicubic), the time instruction naming the stored frame count, the max_frames cap applied."""
+    from hourllava_jax.config import load_model_config
+    from hourllava_jax.data.pipeline import PipelineConfig, TfdsSource, make_feature_pipeline
+    from hourllava_jax.data.preprocess import preprocess_frames
+    from hourllava_jax.data.tokenizer import build_tokenizer
+
+    root, recs = src
+    VideoMarathon(data_dir=tmp_path, config="frames", source_dir=root).download_and_prepare()
+    ds = tfds.data_source("videomarathon/frames", split="train", data_dir=tmp_path, download=False)
+    texts = [t.value for r in load_records(root / "synthetic.jsonl", skipped=Counter()) for t in r.conversations]
+    build_tokenizer(texts + ["The video lasts for 8.50 seconds, and 12 frames"], 300, tmp_path / "tok")
+    cfg = PipelineConfig(batch_size=1, frame_buckets=(16,), text_multiple=64, long_video_seconds=1e9, max_frames=12,
+                         shuffle=False)
+    pipe = make_feature_pipeline(TfdsSource(ds), tokenizer_dir=tmp_path / "tok", memory=load_model_config("tiny").memory,
+                                 cfg=cfg, image_size=56, shard_options=grain.sharding.NoSharding())
+    batches = list(pipe)
+    assert len(batches) == len(ds) and pipe.skipped == {}
+    from hourllava_jax.data.samples import load_light_tokenizer
+
+    tok = load_light_tokenizer(tmp_path / "tok")
+    for b, batch in enumerate(batches):
+        (i,) = pipe.plan.planned(b).rows
+        frames = ds[i]["frames"]
+        idx = np.linspace(0, len(frames) - 1, 12).astype(np.int64)  # the max_frames cap
+        assert "features" not in batch and batch["pixels"].shape == (1, 16, 56, 56, 3)
+        np.testing.assert_array_equal(batch["pixels"][0, :12], preprocess_frames(frames[idx], 56))
+        assert not batch["pixels"][0, 12:].any()
+        ids = batch["input_ids"][0][batch["attention_mask"][0] & (batch["input_ids"][0] >= 0)]
+        assert "and 12 frames are uniformly sampled" in tok._t.decode(ids.tolist())
+
+
 def test_builds_from_the_manual_dir(src, tmp_path):
     root, recs = src
     b = VideoMarathon(data_dir=tmp_path, config="features")

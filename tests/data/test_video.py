@@ -293,3 +293,37 @@ def test_a_seek_that_lands_wrong_falls_back_to_sequential(clips, monkeypatch):
     assert calls == [1]
     ref = naive_frames(path)
     np.testing.assert_array_equal(v.frames, np.stack([ref[i] for i in [0, 30, 60, 90]]))
+
+
+@pytest.fixture(scope="module")
+def multi_gop_clips(tmp_path_factory) -> dict[str, Path]:
+    """12 s at 30 fps with a keyframe every 90 frames: 1-FPS sampling (step 30) takes the
+    sequential path over 4 GOPs, which decodes in parallel runs of whole GOPs."""
+    d = tmp_path_factory.mktemp("multi_gop")
+    return {name: write_codec_sample(d, name, seconds=12, fps=30, gop=90) for name in CODECS}
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_parallel_gop_runs_give_the_naive_frames(multi_gop_clips, name, monkeypatch):
+    import hourllava_jax.data.video as video
+
+    path = multi_gop_clips[name]
+    index = probe_video(path)
+    idx = index.select(min_frames=0)
+    assert int(index.keyframe.sum()) >= 4  # x264 veryfast adds keyframes at scene cuts
+    # The sequential (long-GOP) path, whatever the keyframe density of this encoder's output.
+    monkeypatch.setattr(video, "should_seek", lambda *a: False)
+    want = np.unique(index.pts[idx])
+    runs = video._segments(index, want, 3)
+    assert len(runs) == 3 and np.array_equal(np.concatenate(runs), want)
+    gop_of = video._gop_start(index)[np.searchsorted(index.pts, want)]
+    # Runs never split a GOP, and each one starts at a keyframe.
+    assert len({frozenset(gop_of[np.isin(want, r)].tolist()) for r in runs}) == 3
+    assert sum(len(set(gop_of[np.isin(want, r)].tolist())) for r in runs) == len(set(gop_of.tolist()))
+    ref = naive_frames(path)
+    expected = np.stack([ref[i] for i in idx])
+    for segments in (1, 2, 3, 8):
+        got = decode_video(path, min_frames=0, size=None, segments=segments)
+        np.testing.assert_array_equal(got.frames, expected, err_msg=f"segments={segments}")
+    resized = decode_video(path, min_frames=0, segments=2)  # the threaded resize keeps the order
+    np.testing.assert_array_equal(resized.frames, np.stack([resize_rgb(f) for f in expected]))
