@@ -88,7 +88,7 @@ def attention(
     block_sizes: BlockSizes | None = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
     memory_axis: str = "memory",
-    batch_axis: str | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
     interpret: bool | None = None,
 ) -> jax.Array:
     """Multi-head (grouped-query) attention; returns float[B, Lq, H, D] in q's dtype.

@@ -55,7 +55,7 @@ def _shard_offset(q_offset, axis, shard_len, causal):
     return q_offset - jax.lax.axis_index(axis) * shard_len if causal else q_offset
 
 
-def _make(mesh, axis: str, batch_axis: str | None, impl: str, opts: tuple):
+def _make(mesh, axis: str, batch_axis: str | tuple[str, ...] | None, impl: str, opts: tuple):
     fwd, bwd = _raw(impl)
     kw = dict(opts)
     # q-like operands: split on batch only (replicated over the memory axis); keys: batch and Lk.
@@ -107,13 +107,14 @@ def memory_parallel_attention(
     impl: str = "chunked",
     block_sizes: BlockSizes | None = None,
     interpret: bool | None = None,
-    batch_axis: str | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
     """Attention with k/v split along Lk over mesh axis ``axis``; returns float[B, Lq, H, D].
 
     q float[B, Lq, H, D] is replicated over ``axis``; k, v float[B, Lk, K, D] are sharded on Lk
-    (padded to a multiple of the axis size with masked keys). batch_axis: an optional mesh axis
-    (e.g. ``data``) that splits B for every operand; other mesh axes are replicated. impl: chunked | pallas_tpu | pallas_gpu runs on each shard
+    (padded to a multiple of the axis size with masked keys). batch_axis: optional mesh axes
+    (e.g. ``data``, or ``("data", "fsdp")`` as the trainer splits batches) that split B for every
+    operand; other mesh axes are replicated. impl: chunked | pallas_tpu | pallas_gpu runs on each shard
     ("reference" and "auto" resolve to the backend default since they have no lse output).
     """
     from hourllava_jax.kernels import AttentionInputError, _check, _check_mask, default_impl
@@ -123,8 +124,13 @@ def memory_parallel_attention(
         raise AttentionInputError(f"mesh axes {mesh.axis_names} have no {axis!r} axis for memory-parallel attention")
     n = mesh.shape[axis]
     b, lq, _, d = q.shape
-    if batch_axis is not None and (batch_axis not in mesh.axis_names or b % mesh.shape[batch_axis]):
-        raise AttentionInputError(f"batch_axis {batch_axis!r} must be a mesh axis {mesh.axis_names} whose size divides batch {b}")
+    if batch_axis is not None:
+        names = (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
+        size = 1
+        for a in names:
+            size *= mesh.shape[a] if a in mesh.axis_names else 0
+        if not names or size == 0 or b % size:
+            raise AttentionInputError(f"batch_axis {batch_axis!r} must be mesh axes {mesh.axis_names} whose sizes divide batch {b}")
     lk = k.shape[1]
     mask = MaskSpec(causal=causal, q_offset=q_offset, kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
     _check_mask(mask, b, lq, lk)

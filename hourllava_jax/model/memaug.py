@@ -28,6 +28,7 @@ from hourllava_jax.config import HourLlavaConfig, MemAugConfig
 from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, param_init
+from hourllava_jax.parallel.mesh import MEMORY_AXIS, batch_axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +123,16 @@ class CrossAttention(nnx.Module):
         k = kv[..., : nk * d].reshape(b, lk, nk, d)
         v = kv[..., nk * d :].reshape(b, lk, nk, d)
         q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
+        mesh, batch = self.mesh, None
+        if mesh is None:
+            # Under ``jax.set_mesh`` (the trainer compiles its step there) a ``memory`` axis of
+            # size > 1 makes this memory-parallel, with the batch kept split as the trainer
+            # splits it (``data`` x ``fsdp``) instead of gathered onto every memory shard.
+            ctx = jax.sharding.get_abstract_mesh()
+            if not ctx.empty and ctx.shape.get(MEMORY_AXIS, 1) > 1:
+                mesh, batch = ctx, tuple(a for a in batch_axes(ctx) if ctx.shape[a] > 1) or None
         o = attention(q, k, v, kv_mask=kv_mask, impl=self.dims.attention_impl, block_sizes=self.dims.attention_blocks,
-                      mesh=self.mesh)
+                      mesh=mesh, batch_axis=batch)
         return self.Wo(o.reshape(b, lq, nh * d))
 
 

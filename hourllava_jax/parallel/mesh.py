@@ -14,7 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor", "memory")
+MEMORY_AXIS = "memory"  # splits the memory repository's tokens (memory-parallel cross-attention)
+MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor", MEMORY_AXIS)
 
 
 def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:

@@ -44,3 +44,28 @@ def test_hour_llava_on_a_3d_mesh_matches_one_device():
     jax.tree.map(np.testing.assert_array_equal, host_tree(state.params["vision_tower"]), params0["vision_tower"])
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), host_tree(state.params["memaug"]), params0["memaug"])
     assert all(jax.tree.leaves(moved))
+
+
+def test_a_memory_axis_makes_memaug_memory_parallel_and_changes_nothing(monkeypatch):
+    """mesh data x fsdp x memory: MemAug's cross-attention splits the memory over ``memory``
+    (picked up from the trainer's ``jax.set_mesh``), with the same losses and updates as 1 device."""
+    import hourllava_jax.kernels as kernels
+
+    calls = []
+    real = kernels.memory_parallel_attention
+
+    def counting(*a, **kw):
+        calls.append((kw["mesh"].shape["memory"], kw.get("batch_axis")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(kernels, "memory_parallel_attention", counting)
+    cfg = load_train_config(REPO / "configs/train/tiny.yaml", ["compute_dtype=float32", "global_batch_size=8"])
+    batches = _batches(cfg, 2, np.random.default_rng(1))
+    ref_metrics, ref_state, _, _ = run_steps(cfg, one_device_mesh(), 2, batches=batches)
+    assert calls == []  # no memory axis: plain attention
+    metrics, state, _, _ = run_steps(cfg, make_mesh({"data": 2, "fsdp": 2, "memory": 2}), 2, batches=batches)
+    assert calls and all(c == (2, ("data", "fsdp")) for c in calls)  # every MemAug block, batch kept split
+    for m, r in zip(metrics, ref_metrics):
+        np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-5)
+        np.testing.assert_allclose(m["grad_norm"], r["grad_norm"], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), host_tree(state.params), host_tree(ref_state.params))
