@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -274,7 +275,10 @@ def test_timeout_inside_the_decode_loop(good_mp4, monkeypatch):
     monkeypatch.setattr(video, "_clock", lambda: float(next(clock)))
     with pytest.raises(DataError) as e:
         decode_video(good_mp4, timeout_s=20)  # probe checks every 256 packets: it gets through
-    assert e.value.reason == errors.DECODE_TIMEOUT and "decoding exceeded 20.0 s" in str(e.value)
+    # Parallel GOP runs share the budget: whichever check reads the clock past it trips, a
+    # packet's ("decoding") or a selected frame's ("converting"); both are inside the loop.
+    assert e.value.reason == errors.DECODE_TIMEOUT
+    assert re.search(r"(decoding|converting) exceeded 20\.0 s", str(e.value)), str(e.value)
 
 
 def test_a_seek_that_lands_wrong_falls_back_to_sequential(clips, monkeypatch):
