@@ -162,7 +162,7 @@ def main() -> None:
               f"{r['x_realtime']:>8.2f}{r['speedup_vs_decode_all'] or 0:>8.2f}{r['max_abs_diff_vs_first']:>8}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(
-        benchmark="decode", video=f"{WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 ultrafast crf 30), {args.minutes:g} min",
+        benchmark="decode", video=f"{WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 ultrafast crf 30; 3 B-frames + B-pyramid except *_no_b), {args.minutes:g} min",
         sampling="SPEC §2 1 FPS, PIL bicubic to 384x384", repeats=args.repeats, machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
         loadavg_before=load_before, loadavg_after=os.getloadavg()), av=av.__version__,
         note="cpu_s is process CPU time (all threads); wall_s depends on what else runs on the machine",
