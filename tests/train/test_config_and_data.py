@@ -37,6 +37,19 @@ def test_stage_configs_follow_spec(size, stage):
     o = cfg.optim
     assert (o.warmup_ratio, o.schedule, o.grad_clip, o.weight_decay) == (0.03, "cosine", 1.0, 0.0)
     assert cfg.forgetting == ("spatial" if stage == 1 else "spatial+temporal")
+    cfg.data.check_sources()
+    assert cfg.data.image_root  # every stage trains on image records (SPEC §2 table)
+    assert cfg.data.record_weights == ((3.0, 1.0) if stage == 3 else ())  # 3:1 long:short (SPEC §4)
+
+
+def test_record_weights_must_match_the_record_files():
+    tiny = REPO / "configs" / "train" / "tiny.yaml"
+    base = ["data.tokenizer=tok", "data.feature_store=store", "data.records=[a.jsonl,b.jsonl]"]
+    load_train_config(tiny, [*base, "data.record_weights=[3,1]"]).data.check_sources()
+    for bad, msg in [("data.record_weights=[1]", "1 weights for 2 record files"),
+                     ("data.record_weights=[1,0]", "positive")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_train_config(tiny, [*base, bad]).data.check_sources()
 
 
 def test_overrides_and_errors():
