@@ -24,7 +24,7 @@ from hourllava_jax.data.features import feature_key
 from hourllava_jax.data.samples import VIDEO, SampleBuilder, SampleMeta, log_once
 from hourllava_jax.data.sources import file_identity
 
-log = logging.getLogger("hourllava_jax.data.pipeline")
+log = logging.getLogger("hourllava_jax.data.pipeline")  # one logger name for the whole pipeline
 
 CACHE_VERSION = 2  # 2: SampleMeta gained kind / num_memory / placeholders (images, stored frames)
 

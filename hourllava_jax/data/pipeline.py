@@ -95,7 +95,7 @@ class LoadBatch(grain.transforms.Map):
     def _check(self, s: Sample, plan: Mapping[str, Any], where: str) -> None:
         """A sample must fit the shapes planned from its metadata (a file may change in between)."""
         text_len, units, memory, decayed, k = plan["shape"]
-        kind = plan.get("kind", VIDEO)
+        kind = plan["kind"]
         if units == 0 and s.features is not None:
             raise DataError(where, errors.BAD_RECORD, "planned as text-only, has a visual input")
         fits = len(s.input_ids) <= text_len and (s.features is None or len(s.features) <= units)
@@ -122,7 +122,7 @@ class LoadBatch(grain.transforms.Map):
     def map(self, plan: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.builder.cfg
         text_len, units, memory, decayed, k = plan["shape"]
-        kind = plan.get("kind", VIDEO)
+        kind = plan["kind"]
         samples, skipped, examples = [], Counter(), {}
         for i in plan["rows"]:
             try:

@@ -46,7 +46,7 @@ from hourllava_jax.data.sources import BROKEN
 from hourllava_jax.model.inputs import Sample
 from hourllava_jax.model.layout import video_layout
 
-log = logging.getLogger("hourllava_jax.data.pipeline")
+log = logging.getLogger("hourllava_jax.data.pipeline")  # one logger name for the whole pipeline
 
 LONG, SHORT = "long", "short"
 TEXT, VIDEO, FRAMES, IMAGE, IMAGES = "text", "video", "frames", "image", "images"

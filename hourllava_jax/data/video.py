@@ -305,6 +305,8 @@ class _Decoder:
         self.want = set(want_pts.tolist())
         self.size, self.deadline = size, deadline
         self.pos_of_pts = dict(zip(index.pts.tolist(), index.decode_pos.tolist()))
+        self.pts_at_pos = np.empty_like(index.pts)  # decode position -> pts (where to seek)
+        self.pts_at_pos[index.decode_pos] = index.pts
         self.got: dict[int, np.ndarray | Future] = {}
         self.resizer = resizer if size is not None else None
         self._in_flight: collections.deque[Future] = collections.deque()
@@ -360,14 +362,17 @@ def _decode_sequential(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -
     dec.run(set(want_pts.tolist()), int(index.decode_pos.max()))
 
 
+def _seek_to_keyframe(dec: _Decoder, pos: int) -> None:
+    """Positions the demuxer on the keyframe at decode position ``pos``."""
+    dec.container.seek(int(dec.pts_at_pos[pos]), stream=dec.stream, backward=True, any_frame=False)
+
+
 def _decode_from_keyframe(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -> None:
     """One pass from the keyframe opening the GOP of the first wanted frame (a segment)."""
     display = np.searchsorted(index.pts, want_pts)
     g = int(_gop_start(index)[display].min())
     if g > 0:
-        pos_to_pts = np.empty_like(index.pts)
-        pos_to_pts[index.decode_pos] = index.pts
-        dec.container.seek(int(pos_to_pts[g]), stream=dec.stream, backward=True, any_frame=False)
+        _seek_to_keyframe(dec, g)
     group = set(want_pts.tolist())
     dec.run(group, int(index.decode_pos[display].max()))
     if not group <= dec.got.keys():
@@ -399,15 +404,13 @@ def _decode_by_seeking(dec: _Decoder, index: VideoIndex, want_pts: np.ndarray) -
     display_of_pts = np.searchsorted(index.pts, want_pts)
     gop = _gop_start(index)[display_of_pts]
     pos = index.decode_pos[display_of_pts]
-    pos_to_pts = np.empty_like(index.pts)
-    pos_to_pts[index.decode_pos] = index.pts
     for g in np.unique(gop).tolist():
         in_gop = gop == g
         group = set(want_pts[in_gop].tolist())
         if group <= dec.got.keys():
             continue
         if g > 0 or dec.got:
-            dec.container.seek(int(pos_to_pts[g]), stream=dec.stream, backward=True, any_frame=False)
+            _seek_to_keyframe(dec, g)
         dec.run(group, int(pos[in_gop].max()))
         if not group <= dec.got.keys():
             raise _SeekMiss(g)
@@ -479,11 +482,10 @@ def decode_video(
                     got = decode_run(strategy, plan_runs[0], threads)
                 else:  # one single-threaded decoder per run, runs in parallel (PyAV releases the GIL)
                     with ThreadPoolExecutor(max_workers=len(plan_runs), thread_name_prefix="decode") as pool:
-                        for part in list(pool.map(lambda r, st=strategy: decode_run(st, r, 1), plan_runs)):
-                            got.update(part)
+                        parts = list(pool.map(lambda r, st=strategy: decode_run(st, r, 1), plan_runs))
+                    got = {pts: f for part in parts for pts, f in part.items()}
                 break
             except _SeekMiss:
-                got = {}
                 continue  # seeking is unreliable on this file: fall back to the next strategy
             except av.error.ExitError as e:
                 raise DataError(path, errors.DECODE_TIMEOUT, f"a read stalled past {timeout_s} s ({e})") from e

@@ -124,14 +124,12 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     if min(npw, nph, g) < 1:
         raise ValueError(f"image layout: num_patches {num_patches} and tokens_per_side {g} must be positive")
     gg = g * g
-    rows, cols = unpad_slices(nph * g, npw * g, image_size)
-    r0 = np.arange(nph * g)[rows]  # padded-grid rows / columns kept by unpadding
-    c0 = np.arange(npw * g)[cols]
+    r0, c0 = _unpadded_grid(image_size, num_patches, g)
     h, w = len(r0), len(c0)
-    times = np.sqrt(h * w / (cfg.image_max_crops * gg))
-    if times > 1.1:  # bilinear downscale (anyres_grid_features): 2 taps per axis
-        rh, wh = _row_taps(_bilinear_matrix(h, int(h // times)))
-        rw, ww = _row_taps(_bilinear_matrix(w, int(w // times)))
+    small = _downscaled_size(h, w, g, cfg.image_max_crops)
+    if small is not None:  # bilinear downscale (anyres_grid_features): 2 taps per axis
+        rh, wh = _row_taps(_bilinear_matrix(h, small[0]))
+        rw, ww = _row_taps(_bilinear_matrix(w, small[1]))
         r_src, c_src = r0[rh], c0[rw]  # [h', 2], [w', 2]
     else:
         r_src, c_src = r0[:, None], c0[:, None]
@@ -172,15 +170,26 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     return VisualLayout(src, pos, (decayed,), memory_w=wts)
 
 
+def _unpadded_grid(image_size: tuple[int, int], num_patches: tuple[int, int], g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (int[h], int[w]) of the (nph·g, npw·g) crop grid kept by unpadding."""
+    npw, nph = num_patches
+    rows, cols = unpad_slices(nph * g, npw * g, image_size)
+    return np.arange(nph * g)[rows], np.arange(npw * g)[cols]
+
+
+def _downscaled_size(h: int, w: int, g: int, max_crops: int) -> tuple[int, int] | None:
+    """The bilinear target of an h x w grid larger than ``max_crops`` crops (SPEC §1.6:
+    ``s = sqrt(h·w / (max_crops·g²)) > 1.1`` -> (h // s, w // s)), else None."""
+    times = np.sqrt(h * w / (max_crops * g * g))
+    return (int(h // times), int(w // times)) if times > 1.1 else None
+
+
 def image_grid_size(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int,
                     max_crops: int) -> tuple[int, int]:
     """(h, w) of an anyres image's final token grid: unpadded, then downscaled when larger than
     ``max_crops`` crops (the grid :func:`image_layout` lays out; no features needed)."""
-    (npw, nph), g = num_patches, tokens_per_side
-    rows, cols = unpad_slices(nph * g, npw * g, image_size)
-    h, w = len(range(nph * g)[rows]), len(range(npw * g)[cols])
-    times = np.sqrt(h * w / (max_crops * g * g))
-    return (int(h // times), int(w // times)) if times > 1.1 else (h, w)
+    r0, c0 = _unpadded_grid(image_size, num_patches, tokens_per_side)
+    return _downscaled_size(len(r0), len(c0), tokens_per_side, max_crops) or (len(r0), len(c0))
 
 
 def image_layout_size(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int,
