@@ -1,0 +1,31 @@
+"""benchmarks/run_all.py's report: one run's peak on top, partial reruns recorded beside it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# benchmarks/ is a directory of scripts, not a package: load the one module without putting its
+# siblings (pipeline.py, decode.py...) on sys.path.
+_spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
+_run_all = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_run_all)
+render = _run_all.render
+
+
+def test_render_names_the_run_its_reruns_and_every_table(tmp_path):
+    peak = [{"dtype": "float32", "gflops": 164.7}]
+    meta = {"date": "2026-11-24 08:45 UTC", "machine": "linux", "cpus": 2, "loadavg_start": [0.7, 0.3, 0.1],
+            "peak": peak, "scripts": {"decode": {"returncode": 0}, "pipeline": {"returncode": 1}},
+            "reruns": [{"date": "2026-11-24 09:17 UTC", "loadavg_start": [3.1, 1.7, 1.4], "scripts": ["decode"],
+                        "peak": [{"dtype": "float32", "gflops": 164.2}]}]}
+    (tmp_path / "run_all.json").write_text(json.dumps(meta))
+    (tmp_path / "decode.json").write_text(json.dumps(
+        {"benchmark": "decode", "results": [{"variant": "long_gop_250", "method": "ours", "wall_s": 10.32}]}))
+    text = render(tmp_path)
+    assert "Run 2026-11-24 08:45 UTC on linux (2 cores" in text and "| float32 | 164.7 |" in text
+    assert "Rerun 2026-11-24 09:17 UTC" in text and "of: decode" in text and "| float32 | 164.2 |" in text
+    assert "Scripts that failed in this run (see their logs): pipeline" in text
+    assert "## decode" in text and "| long_gop_250 | ours | 10.32 |" in text
