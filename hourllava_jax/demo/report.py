@@ -1,8 +1,10 @@
-"""The demo's results: a plain-text table, a JSON summary and one PNG of needle heatmaps.
+"""The demo's results from the evaluation runner's records: a plain-text table, a JSON summary
+and one PNG of needle heatmaps.
 
-Cells are (needle depth, video length) as in :mod:`hourllava_jax.eval.benchmarks.needle`,
-whose ``accuracy_grid`` builds them. The PNG puts MemAug, the control, and the control's
-theoretical bound (kept needles + chance on the rest) side by side on one colour scale.
+Each record is one held-out question as ``launch/evaluate.py --benchmark needle`` scored it
+(``categories = {depth, length}``, ``correct``). ``kept`` says whether the question's needle
+frame survives uniform temporal forgetting: the control can read only those. Cells are
+(needle depth, video length) as in :mod:`hourllava_jax.eval.benchmarks.needle`.
 """
 
 from __future__ import annotations
@@ -14,21 +16,58 @@ from typing import Any
 
 import numpy as np
 
-from hourllava_jax.demo.evaluate import Prediction, accuracy
 from hourllava_jax.eval.benchmarks.needle import accuracy_grid
 
+Record = Mapping[str, Any]
 
-def _cells(preds: Sequence[Prediction], value: str = "correct", chance: float = 0.25) -> list[dict[str, Any]]:
-    """Predictions as needle-benchmark result records; ``value="bound"`` scores each item with its
-    expected best accuracy under forgetting (1 if its needle is kept, else chance)."""
-    out = []
-    for p in preds:
-        v = p.correct if value == "correct" else (1.0 if p.kept else chance)
-        out.append({"categories": {"depth": f"{p.depth:.2f}", "length": str(p.length)}, "correct": v})
+
+def _acc(rs: Sequence[Record], value: str = "correct") -> float:
+    return float(np.mean([float(r[value]) for r in rs])) if rs else float("nan")
+
+
+def _length(r: Record) -> int:
+    return int(r["categories"]["length"])
+
+
+def bound_records(records: Sequence[Record], chance: float = 0.25) -> list[dict[str, Any]]:
+    """Each record scored with its best accuracy under forgetting: 1 if its needle is kept, else chance."""
+    return [{**r, "correct": 1.0 if r["kept"] else chance} for r in records]
+
+
+def summary(results: Mapping[str, Sequence[Record]], bound_of: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{variant: {accuracy, kept/dropped-needle accuracy, accuracy per length, n}}, the control's
+    bound (overall and per length), and ``extra``."""
+    out: dict[str, Any] = dict(extra or {})
+    bound = bound_records(results[bound_of])
+    rows = {**{name: list(rs) for name, rs in results.items()}, "control bound": bound}
+    lengths = sorted({_length(r) for r in bound})
+    for name, rs in rows.items():
+        out[name] = {
+            "accuracy": _acc(rs), "accuracy_needle_kept": _acc([r for r in rs if r["kept"]]),
+            "accuracy_needle_dropped": _acc([r for r in rs if not r["kept"]]), "n": len(rs),
+            "by_length": {str(n): _acc([r for r in rs if _length(r) == n]) for n in lengths},
+        }
+    out["control_bound"] = out["control bound"]["accuracy"]
     return out
 
 
-def _grid(records: list[dict[str, Any]]) -> tuple[list[str], list[str], np.ndarray]:
+def table(s: Mapping[str, Any], variants: Sequence[str]) -> str:
+    """Fixed-width results table (accuracy in %), one column per video length."""
+    pct = lambda x: "  -  " if x != x else f"{100 * x:5.1f}"  # noqa: E731  (NaN -> "-")
+    lengths = list(s[variants[0]]["by_length"])
+    head = f"{'variant':<16}{'all':>7}{'kept':>7}{'dropped':>9}" + "".join(f"{n + ' s':>9}" for n in lengths) + f"{'n':>6}"
+    rows = [head]
+    for v in (*variants, "control bound"):
+        r = s[v]
+        rows.append(f"{v:<16}{pct(r['accuracy']):>7}{pct(r['accuracy_needle_kept']):>7}"
+                    f"{pct(r['accuracy_needle_dropped']):>9}" + "".join(f"{pct(r['by_length'][n]):>9}" for n in lengths)
+                    + f"{r['n']:>6}")
+    rows.append("(kept/dropped: the needle's frame survives/does not survive temporal forgetting; "
+                "control bound = kept needles + chance on the rest)")
+    return "\n".join(rows)
+
+
+def _grid(records: Sequence[Record]) -> tuple[list[str], list[str], np.ndarray]:
     # accuracy_grid counts bool(correct); the bound needs fractional scores, so average directly.
     depths, lengths, _ = accuracy_grid(records)
     grid = np.full((len(depths), len(lengths)), np.nan)
@@ -40,39 +79,16 @@ def _grid(records: list[dict[str, Any]]) -> tuple[list[str], list[str], np.ndarr
     return depths, lengths, grid
 
 
-def summary(results: Mapping[str, Sequence[Prediction]], bound: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """{variant: {accuracy, kept/dropped-needle accuracy, n}} plus the control bound and ``extra``."""
-    out: dict[str, Any] = {"control_bound": bound, **(extra or {})}
-    for name, preds in results.items():
-        kept = [p for p in preds if p.kept]
-        dropped = [p for p in preds if not p.kept]
-        out[name] = {"accuracy": accuracy(preds), "accuracy_needle_kept": accuracy(kept),
-                     "accuracy_needle_dropped": accuracy(dropped), "n": len(preds), "n_needle_kept": len(kept)}
-    return out
-
-
-def table(s: Mapping[str, Any], variants: Sequence[str]) -> str:
-    """Fixed-width results table (accuracy in %)."""
-    pct = lambda x: "  -  " if x != x else f"{100 * x:5.1f}"  # noqa: E731  (NaN -> "-")
-    rows = [f"{'variant':<22}{'accuracy':>10}{'needle kept':>13}{'needle dropped':>16}{'n':>6}"]
-    for v in variants:
-        r = s[v]
-        rows.append(f"{v:<22}{pct(r['accuracy']):>10}{pct(r['accuracy_needle_kept']):>13}"
-                    f"{pct(r['accuracy_needle_dropped']):>16}{r['n']:>6}")
-    rows.append(f"{'control bound':<22}{pct(s['control_bound']):>10}   (kept needles + chance on the rest)")
-    return "\n".join(rows)
-
-
-def write_heatmaps(results: Mapping[str, Sequence[Prediction]], path: str | Path, *, bound_of: str) -> Path:
-    """PNG: one heatmap per variant plus the bound computed from ``results[bound_of]``'s items."""
+def write_heatmaps(results: Mapping[str, Sequence[Record]], path: str | Path, *, bound_of: str) -> Path:
+    """PNG: one depth x length heatmap per variant plus the control's bound."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    panels = [(name, _grid(_cells(p))) for name, p in results.items()]
-    panels.append(("control bound (kept frames)", _grid(_cells(results[bound_of], "bound"))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.0, 3.8), squeeze=False, layout="constrained")
+    panels = [(name, _grid(rs)) for name, rs in results.items()]
+    panels.append(("control bound (kept frames)", _grid(bound_records(results[bound_of]))))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.0, 3.8), squeeze=False, layout="constrained")
     im = None
     for k, (ax, (name, (depths, lengths, grid))) in enumerate(zip(axes[0], panels)):
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")

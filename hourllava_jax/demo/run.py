@@ -1,18 +1,25 @@
-"""The demo end to end (``launch/demo.py``): data -> tokenizer -> features -> train + evaluate
-MemAug and the control -> report. Every stage is resumable where it is expensive to redo
-(datasets, tokenizer, features are reused when present in the work directory).
+"""The demo end to end (``launch/demo.py``), on the product's own path:
+
+    needle mp4s -> tokenizer -> tiny SigLIP + Qwen2 HF dirs -> ``compose`` -> feature extraction
+    -> spliced training set -> the trainer (``launch/train.py``'s code, ``init.from`` the composed
+    start) for MemAug and the no-MemAug control -> ``export`` -> ``launch/evaluate.py --benchmark
+    needle`` (log-likelihood mode) on held-out videos of the training length, 10 minutes and 1 hour
+    -> report.
+
+Expensive stages are reused when present in the work directory (datasets, tokenizer, the start
+checkpoint, features, the spliced set); training always starts fresh.
 
 Work directory::
 
-    data/{train,held_out}/   mp4 videos + needle.jsonl        tokenizer/   small BPE
-    features/                feature store (both splits)      memaug/, control/: metrics.jsonl,
-    tensorboard/, checkpoint/ (orbax)                         results.json, results.txt,
-    predictions.jsonl, needle_heatmaps.png
+    data/train/, data/held_out/        mp4 videos + needle.jsonl (held_out also needle.json)
+    tokenizer/  pretrained/{siglip,qwen2,composed,start}/  features/  train_set/
+    memaug/, control/                  the trainer's workdirs (checkpoints/, metrics.jsonl,
+                                       tensorboard/), hf/ (export), eval/ (runner results)
+    results.json, results.txt, predictions.jsonl, needle_heatmaps.png
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,22 +31,34 @@ import jax
 from tqdm import tqdm
 
 from hourllava_jax.config import load_model_config
-from hourllava_jax.demo import data, dataset, evaluate, report
+from hourllava_jax.data.features import FeatureStore
+from hourllava_jax.demo import data, dataset, report, start
 from hourllava_jax.demo.config import DemoConfig
-from hourllava_jax.demo.train import Trainer, build_model, fit, forward_logits
 
 VARIANTS = {"memaug": True, "control": False}  # name -> use_memaug
-STAGES = ("datasets", "tokenizer", "features", "train memaug", "eval memaug", "train control", "eval control", "report")
+STAGES = ("datasets", "tokenizer", "start checkpoint", "features", "train set",
+          "train memaug", "export memaug", "eval memaug", "train control", "export control", "eval control", "report")
 
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _flag_list(xs: list[str]) -> str:
+    return json.dumps([str(x) for x in xs])  # JSON is YAML: the override parser reads it as a list
+
+
 def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
-    workdir = Path(workdir)
+    from hourllava_jax.cli.evaluate import main as evaluate_main
+    from hourllava_jax.cli.export import export_workdir
+    from hourllava_jax.cli.extract import extract_records
+    from hourllava_jax.cli.train import load_config, run_training
+    from hourllava_jax.eval.report import load_records
+
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    model_cfg = load_model_config("tiny", cfg.model_overrides)
+    recipe = load_config(cfg.recipe)
+    model_cfg = load_model_config(recipe.model, list(recipe.model_overrides))
     timings: dict[str, float] = {}
     bar = tqdm(total=len(STAGES), desc="demo", unit="stage", position=0, dynamic_ncols=True)
 
@@ -51,90 +70,104 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
     # ------------------------------------------------------------------ datasets (real mp4)
     t0 = time.perf_counter()
     bar.set_description("demo: writing mp4 datasets")
-    train_recs = data.make_split(workdir / "data/train", cfg.train, size=cfg.video_size)
-    held_recs = data.make_split(workdir / "data/held_out", cfg.held_out, size=cfg.video_size)
+    train_root, held_root = workdir / "data/train", workdir / "data/held_out"
+    train_recs = data.make_split(train_root, cfg.train, size=cfg.video_size)
+    held_recs = data.make_split(held_root, cfg.held_out, size=cfg.video_size)
+    if cfg.long_held_out is not None:
+        held_recs += data.make_split(held_root, cfg.long_held_out, size=cfg.video_size, records_name="needle_long.jsonl")
+    data.write_benchmark(held_root, held_recs)
     stage("datasets", t0)
 
     # ------------------------------------------------------------------ tokenizer
     t0 = time.perf_counter()
-    tok = data.make_tokenizer(train_recs, workdir / "tokenizer", cfg.vocab_size)
+    qa = [data.eval_item(r, "") for r in train_recs]
+    texts = data.tokenizer_texts(train_recs, [data.question_text(q) for q in qa] + [data.answer_text(q) for q in qa])
+    data.make_tokenizer(texts, workdir / "tokenizer", cfg.vocab_size)
     stage("tokenizer", t0)
+
+    # ------------------------------------------------------------------ the public-weights stand-in
+    t0 = time.perf_counter()
+    bar.set_description("demo: composing the start checkpoint")
+    composed = start.composed(workdir / "pretrained", model_cfg, cfg.seed)
+    stage("start checkpoint", t0)
 
     # ------------------------------------------------------------------ features (frozen tower)
     t0 = time.perf_counter()
     bar.set_description("demo: extracting features")
-    encoder = data.FrameEncoder(build_model(model_cfg, cfg.seed).vision_tower, model_cfg.memory.pool_size)
-    with tqdm(total=len(train_recs) + len(held_recs), desc="features", unit="video", leave=False, position=1) as fbar:
-        store = data.extract_features(train_recs, workdir / "data/train", workdir / "features", encoder,
-                                      model_cfg.vision.image_size, on_video=fbar.update)
-        store = data.extract_features(held_recs, workdir / "data/held_out", workdir / "features", encoder,
-                                      model_cfg.vision.image_size, on_video=fbar.update)
-    train_items = dataset.load_items(train_recs, store)
-    norm = dataset.FeatureNorm.fit(train_items)  # training statistics only, applied to both splits
-    train_items = [norm(it) for it in train_items]
-    held_items = [norm(it) for it in dataset.load_items(held_recs, store)]
-    report.write_json({"mean": norm.mean.tolist(), "std": norm.std.tolist()}, workdir / "feature_norm.json")
-    ckw = dataset.collate_kwargs(train_items + held_items, tok, model_cfg, cfg.answer_format, cfg.text_multiple)
+    with tqdm(total=len(train_recs), desc="features", unit="video", leave=False, position=1) as fbar:
+        extract_records(composed, train_recs, train_root, workdir / "features", on_video=fbar.update)
+    train_items = dataset.load_items(train_recs, FeatureStore(workdir / "features"))
     stage("features", t0)
 
-    # ------------------------------------------------------------------ train + evaluate both variants
-    results: dict[str, list[evaluate.Prediction]] = {}
+    # ------------------------------------------------------------------ spliced training set + the start
+    t0 = time.perf_counter()
+    bar.set_description("demo: writing the training set")
+    init = workdir / "pretrained/start"
+    if not (init / "config.json").is_file():
+        mean, std = start.feature_stats([it.features for it in train_items])  # training statistics only
+        start.fold_feature_norm(composed, init, mean, std)
+    set_dir = workdir / "train_set"
+    records = set_dir / "records.jsonl"
+    if not records.is_file():
+        with tqdm(total=cfg.spliced_samples, desc="train set", unit="sample", leave=False, position=1) as sbar:
+            dataset.write_training_set(train_items, cfg.spliced_samples, cfg.seed, set_dir / "features", records,
+                                       on_sample=sbar.update)
+    stage("train set", t0)
+
+    # ------------------------------------------------------------------ train, export, evaluate both variants
+    results: dict[str, list[dict[str, Any]]] = {}
     train_info: dict[str, Any] = {}
+    by_id = {r.id: r for r in held_recs}
     for name, use_memaug in VARIANTS.items():
+        vdir = workdir / name
         t0 = time.perf_counter()
         bar.set_description(f"demo: training {name}")
-        vcfg = dataclasses.replace(model_cfg, use_memaug=use_memaug)
-        shutil.rmtree(workdir / name, ignore_errors=True)  # training starts fresh: no stale metrics
-        trainer = Trainer(build_model(vcfg, cfg.seed), cfg.recipe)
-        batches = dataset.training_batches(train_items, tok, vcfg, cfg.answer_format, cfg.recipe.batch_size, ckw, cfg.seed)
-        info = fit(trainer, batches, workdir / name, log_every=max(1, cfg.recipe.steps // 50))
-        info["checkpoint"] = str(trainer.save(workdir / name / "checkpoint"))
-        info["load_average"] = _load()
-        train_info[name] = info
+        shutil.rmtree(vdir, ignore_errors=True)  # training starts fresh: no stale checkpoints or metrics
+        overrides = [
+            f"init.from={init}", f"data.records={_flag_list([records])}", f"data.feature_store={set_dir / 'features'}",
+            f"data.tokenizer={workdir / 'tokenizer'}", f"num_steps={cfg.steps}", f"global_batch_size={cfg.batch_size}",
+            f"seed={cfg.seed}", f"data.seed={cfg.seed}", "export_hf=false",
+            f"model_overrides={_flag_list([*recipe.model_overrides, f'use_memaug={str(use_memaug).lower()}'])}",
+        ]
+        out = run_training(cfg.recipe, vdir, overrides)
+        train_info[name] = {**out.last_metrics, "steps": int(jax.device_get(out.state.step)), "load_average": _load()}
         stage(f"train {name}", t0)
 
         t0 = time.perf_counter()
+        hf = export_workdir(vdir, vdir / "hf")
+        stage(f"export {name}", t0)
+
+        t0 = time.perf_counter()
         bar.set_description(f"demo: evaluating {name}")
-        with tqdm(total=len(held_items), desc=f"eval {name}", unit="video", leave=False, position=1) as ebar:
-            results[name] = evaluate.evaluate(held_items, forward_logits(trainer.model()), tok, vcfg, cfg.answer_format,
-                                              ckw, batch_size=cfg.eval_batch_size, on_batch=ebar.update)
-        _log_eval(workdir / name, results[name], cfg.recipe.steps)
+        evaluate_main(["--benchmark", "needle", "--root", str(held_root), "--checkpoint", str(hf),
+                       "--out", str(vdir / "eval"), "--mode", "loglikelihood", "--no-progress"])
+        recs, _ = load_records(vdir / "eval", "needle")
+        mem = model_cfg.memory
+        for r in recs:
+            n = data.needle(by_id[r["id"]])
+            r["kept"] = dataset.needle_kept(int(n["n_frames"]), int(n["frame"]), mem)
+        results[name] = recs
         stage(f"eval {name}", t0)
-        del trainer
 
     # ------------------------------------------------------------------ report
     t0 = time.perf_counter()
-    bound = dataset.control_bound(held_items, model_cfg)
-    summ = report.summary(results, bound, {
-        "answer_format": cfg.answer_format, "seed": cfg.seed, "train_videos": len(train_items),
-        "held_out_videos": len(held_items), "train": train_info, "recipe": dataclasses.asdict(cfg.recipe),
-        "config": {"train": dataclasses.asdict(cfg.train), "held_out": dataclasses.asdict(cfg.held_out),
-                   "model_overrides": list(cfg.model_overrides)},
-        "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+    summ = report.summary(results, "control", {
+        "seed": cfg.seed, "train_videos": len(train_recs), "spliced_samples": cfg.spliced_samples,
+        "held_out_videos": len(held_recs), "train": train_info, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        "recipe": cfg.recipe, "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
     })
     text = report.table(summ, list(VARIANTS))
     png = report.write_heatmaps(results, workdir / "needle_heatmaps.png", bound_of="control")
     with open(workdir / "predictions.jsonl", "w") as f:
-        for name, preds in results.items():
-            for p in preds:
-                f.write(json.dumps({"variant": name, **p.to_json()}) + "\n")
+        for name, recs in results.items():
+            for r in recs:
+                f.write(json.dumps({"variant": name, **r}) + "\n")
     stage("report", t0)
     summ["timings_s"] = timings
     summ["load_average_end"] = _load()
     report.write_json(summ, workdir / "results.json")
     (workdir / "results.txt").write_text(text + "\n")
     bar.close()
-    tqdm.write("\nHeld-out needle accuracy (%), " f"{len(held_items)} videos never seen in training:\n{text}")
+    tqdm.write(f"\nHeld-out needle accuracy (%), {len(held_recs)} videos never seen in training:\n{text}")
     tqdm.write(f"\nheatmaps: {png}\nresults: {workdir / 'results.json'}\ntimings (s): {timings}")
     return summ
-
-
-def _log_eval(vdir: Path, preds: list[evaluate.Prediction], step: int) -> None:
-    """Held-out accuracy into the variant's TensorBoard and metrics.jsonl (at the last step)."""
-    from tensorboardX import SummaryWriter
-
-    acc = evaluate.accuracy(preds)
-    with SummaryWriter(str(vdir / "tensorboard")) as w:
-        w.add_scalar("eval/accuracy", acc, step)
-    with open(vdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "eval/accuracy": acc}) + "\n")
