@@ -65,7 +65,9 @@ def load_items(records: Sequence[Record], store: FeatureStore) -> list[NeedleIte
 def spliced_record(k: int, item: NeedleItem) -> Record:
     """A training record for spliced sample ``k`` (its features are stored under its feature key)."""
     t = item.features.shape[0]
-    meta = dict(needle(item.record), frame=item.needle_frame, colour=item.colour, depth=item.needle_frame / max(1, t - 1))
+    depth = item.needle_frame / max(1, t - 1)
+    meta = dict(needle(item.record), frame=item.needle_frame, time=item.needle_frame / float(item.record.extra.get("fps", 1)),
+                colour=item.colour, depth=depth, actual_depth=depth)
     rec = Record(f"splice{k:06d}", (), f"splice{k:06d}.mp4", item.record.data_source,
                  extra={"duration": round(item.duration, 2), "needle": meta})
     q = eval_item(rec, "", item.colour)

@@ -1,6 +1,7 @@
-"""``launch/demo.py --quick`` end to end in a subprocess: data, features, both trainings,
-held-out evaluation, report files. Accuracy values are not asserted beyond being valid
-fractions: the smoke run is too short to learn (the full run's numbers are in docs/demo.md)."""
+"""``launch/demo.py --quick`` end to end in a subprocess, on the product's path: data, compose,
+extraction, the trainer (init from the composed start), export, the evaluation runner, report.
+Accuracy values are not asserted beyond being valid fractions: the smoke run is too short to
+learn (the full run's numbers are in docs/demo.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,17 +36,26 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
 
     res = json.loads((work / "results.json").read_text())
     n_held = res["held_out_videos"]
-    assert n_held == len((work / "data/held_out/needle.jsonl").read_text().splitlines()) > 0
+    assert n_held == len(json.loads((work / "data/held_out/needle.json").read_text())) > 0
     for variant in ("memaug", "control"):
         r = res[variant]
         assert r["n"] == n_held and 0.0 <= r["accuracy"] <= 1.0
-        # metrics.jsonl: training steps logged with finite losses, then the held-out accuracy.
-        lines = [json.loads(x) for x in (work / variant / "metrics.jsonl").read_text().splitlines()]
+        vdir = work / variant
+        # The trainer's own outputs: metrics with finite losses, TensorBoard, an orbax checkpoint.
+        lines = [json.loads(x) for x in (vdir / "metrics.jsonl").read_text().splitlines()]
         losses = [x["loss"] for x in lines if "loss" in x]
         assert losses and all(isinstance(v, float) and v == v for v in losses)
-        assert lines[-1]["eval/accuracy"] == pytest.approx(r["accuracy"])
-        assert list((work / variant / "tensorboard").glob("events.out.tfevents.*"))
-        assert any((work / variant / "checkpoint").iterdir())  # orbax checkpoint written
+        assert list((vdir / "tensorboard").glob("events.out.tfevents.*"))
+        assert (vdir / "checkpoints").is_dir() and any((vdir / "checkpoints").iterdir())
+        # The export is a complete Hugging Face directory with the run's tokenizer.
+        assert (vdir / "hf/config.json").is_file() and (vdir / "hf/tokenizer.json").is_file()
+        hf = json.loads((vdir / "hf/config.json").read_text())
+        assert hf["hourllava"]["memory"]["pool_size"] == 4  # the trained (tiny) model's config, not compose's
+        assert (variant == "memaug") == ("model.vision_resampler.layers.0.self_attn.Wqkv.weight" in _hf_keys(vdir / "hf"))
+        # The evaluation runner scored every held-out question.
+        recs = [json.loads(x) for f in sorted((vdir / "eval/results/needle").glob("shard-*.jsonl"))
+                for x in f.read_text().splitlines()]
+        assert len(recs) == n_held and all(x["status"] == "ok" for x in recs)
     assert 0.25 <= res["control_bound"] <= 1.0
     # Held-out videos are not training videos (different seeds, disjoint names).
     train_ids = {json.loads(x)["video"] for x in (work / "data/train/needle.jsonl").read_text().splitlines()}
@@ -56,26 +67,27 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert len(preds) == 2 * n_held
 
 
+def _hf_keys(path: Path) -> set[str]:
+    from hourllava_jax.convert.safetensors_io import CheckpointReader
+
+    with CheckpointReader(path) as r:
+        return set(r.keys())
+
+
 # ------------------------------------------------------------------ fast unit checks of the task
 
 
 def _item(t: int, needle: int, colour: str):
-    import numpy as np
-
     from hourllava_jax.data.records import Record, Turn
     from hourllava_jax.demo.dataset import NeedleItem
 
     feats = np.stack([np.full((16, 4), i, np.float32) for i in range(t)])
-    qa = [{"options": ["yellow", "red", "blue", "green"]}]
-    rec = Record("r", (Turn("human", "<image>\nq"), Turn("gpt", "?")), "v.mp4", "needle", extra={"qa": qa})
-    return NeedleItem(rec, feats, float(t), needle, colour, needle / (t - 1), t)
+    meta = {"needle": {"frame": needle, "colour": colour, "depth": needle / (t - 1), "length_seconds": t, "n_frames": t}}
+    rec = Record("r", (Turn("human", "<image>\nq"), Turn("gpt", "?")), "v.mp4", "needle", extra={"duration": float(t), **meta})
+    return NeedleItem(rec, feats, float(t), needle, colour)
 
 
-def test_with_needle_splices_one_frame_and_relabels() -> None:
-    import numpy as np
-
-    from hourllava_jax.demo.dataset import answer_options, conversation
-
+def test_with_needle_splices_one_frame() -> None:
     hay, donor = _item(32, needle=5, colour="red"), _item(32, needle=9, colour="blue")
     mixed = hay.with_needle(donor, 20)
     assert mixed.needle_frame == 20 and mixed.colour == "blue"
@@ -83,17 +95,54 @@ def test_with_needle_splices_one_frame_and_relabels() -> None:
     np.testing.assert_array_equal(mixed.features[5], hay.features[4])  # own needle replaced by its neighbour
     untouched = [i for i in range(32) if i not in (5, 20)]
     np.testing.assert_array_equal(mixed.features[untouched], hay.features[untouched])
-    assert conversation(mixed, "word").conversations[1].value == "blue"
-    assert conversation(mixed, "letter").conversations[1].value == "C"  # options: yellow red BLUE green
-    assert answer_options(mixed, "letter") == (["A", "B", "C", "D"], 2)
+
+
+def test_training_questions_are_the_evaluation_runner_s() -> None:
+    """A spliced training record asks what the runner asks a needle item and answers with the
+    continuation the runner scores, so training and evaluation read the same text."""
+    from hourllava_jax.data.records import IMAGE_TOKEN
+    from hourllava_jax.demo.data import eval_item
+    from hourllava_jax.demo.dataset import spliced_record
+    from hourllava_jax.eval.prompt import build_prompt
+
+    hay, donor = _item(32, needle=5, colour="red"), _item(32, needle=9, colour="yellow")
+    rec = spliced_record(7, hay.with_needle(donor, 12))
+    assert rec.video == "splice000007.mp4" and rec.extra["needle"]["frame"] == 12
+    item = eval_item(rec, "v.mp4")
+    assert item.options == ("red", "green", "blue", "yellow") and item.answer == "D"
+    assert rec.conversations[0].value == f"{IMAGE_TOKEN}\n{build_prompt(item)}"
+    assert rec.conversations[1].value == "D. yellow"  # the runner's default continuation "{letter}. {option}"
 
 
 def test_control_bound_counts_kept_needles() -> None:
     from hourllava_jax.config import load_model_config
-    from hourllava_jax.demo.dataset import control_bound, kept_frames
+    from hourllava_jax.demo.dataset import control_bound, kept_frames, needle_kept
+
+    mem = load_model_config("tiny").memory
+    assert list(kept_frames(32, mem)) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), SPEC §1.3
+    kept = [needle_kept(32, n, mem) for n in (22, 3, 16, 9)]  # one of four needles kept
+    assert kept == [True, False, False, False]
+    assert control_bound(kept) == 0.25 + 0.75 / 4
+
+
+def test_fold_feature_norm_equals_standardising_the_input(tmp_path: Path) -> None:
+    """The folded projector on raw features equals the original one on standardised features."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from hourllava_jax.config import load_model_config
+    from hourllava_jax.convert import load_pretrained, save_pretrained
+    from hourllava_jax.demo.start import fold_feature_norm
+    from hourllava_jax.model.hour_llava import HourLlava
 
     cfg = load_model_config("tiny")
-    kept = kept_frames(32, cfg)
-    assert list(kept) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), SPEC §1.3
-    items = [_item(32, n, "red") for n in (22, 3, 16, 9)]  # one of four needles kept
-    assert control_bound(items, cfg) == 0.25 + 0.75 / 4
+    save_pretrained(HourLlava(cfg, rngs=nnx.Rngs(0)), cfg, tmp_path / "a")
+    rng = np.random.default_rng(0)
+    c = cfg.vision.hidden_size
+    mean, std = rng.normal(size=c).astype(np.float32), rng.uniform(0.5, 2, size=c).astype(np.float32)
+    fold_feature_norm(tmp_path / "a", tmp_path / "b", mean, std)
+    _, a = load_pretrained(tmp_path / "a")
+    _, b = load_pretrained(tmp_path / "b")
+    x = rng.normal(size=(3, c)).astype(np.float32) * 3 + 1
+    np.testing.assert_allclose(np.asarray(b.projector(jnp.asarray(x))), np.asarray(a.projector(jnp.asarray((x - mean) / std))),
+                               rtol=1e-5, atol=1e-5)
