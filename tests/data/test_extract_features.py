@@ -194,3 +194,15 @@ def test_end_to_end_video_to_features_to_batch_to_loss(videos, tmp_path):
     graphdef, state = nnx.split(model)
     loss, aux = jax.jit(lambda s, b: loss_fn(nnx.merge(graphdef, s), b))(state, batch)
     assert np.isfinite(float(loss)) and int(aux["tokens"]) > 0
+
+
+def test_console_script_and_launch_wrapper_point_at_the_cli():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    target = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["hourllava-extract"]
+    module, func = target.split(":")
+    assert getattr(importlib.import_module(module), func) is cli.main
+    assert "from hourllava_jax.cli.extract import main" in (root / "launch" / "extract_features.py").read_text()
