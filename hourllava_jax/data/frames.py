@@ -1,6 +1,6 @@
 """Which frames of a video the model sees (SPEC §2, "Frame rules"). Pure numpy, no decoding.
 
-Three rules:
+Four rules:
 
 * ``sample_indices``: the release's rule for constant-frame-rate (CFR) raw video. One frame per
   ``stride = round(native_fps / fps)`` frames (1 FPS by default); if that gives fewer than
@@ -12,8 +12,11 @@ Three rules:
   ``min(N, 128)`` targets spread uniformly over ``[t_first, t_last]``, each taking the nearest
   frame. A frame that covers several targets (a sparse stretch, a gap) is selected once per
   target, so T stays one per second (or min(N, 128)) and every frame stands for equal time.
+* ``extraction_indices``: which frames pre-extraction stores (the release's extraction
+  script): ``k = max(int(N / native_fps), 128)`` frames at ``linspace(0, N-1, k)`` cast to int,
+  or all N frames when N < 128.
 * ``feature_indices``: pre-extracted features, ``T = min(N, int(duration))`` rows at
-  ``linspace(0, N-1, T)``.
+  ``linspace(0, N-1, T)`` (N: the stored rows).
 
 ``is_constant_rate`` decides between the first two; on a CFR file ``sample_indices_by_time``
 agrees with ``sample_indices`` whenever ``native_fps / fps`` is an integer, but not for 29.97 fps
@@ -130,6 +133,28 @@ def is_constant_rate(timestamps: np.ndarray, tick: float = 0.0) -> bool:
     return bool(np.max(np.abs(ts - grid)) <= max(0.25 * period, 1.5 * tick))
 
 
+def extraction_indices(num_frames: int, native_fps: float, min_frames: int = DEFAULT_MIN_FRAMES) -> np.ndarray:
+    """The release's pre-extraction frames: int64[k] indices into the N = ``num_frames`` frames.
+
+    ``k = max(int(N / native_fps), min_frames)`` at ``linspace(0, N-1, k)`` cast to int; all N
+    frames (``arange(N)``) when ``N < min_frames``. The last frame is always included (linspace
+    ends on N-1 exactly), so the release's "append the last frame if missing" never adds one.
+    For ``native_fps >= 1`` the indices strictly increase (k <= N); a rate below 1 FPS gives
+    k > N and repeated indices, as the release's ``linspace`` does.
+
+    Examples: 1799 frames at 25 fps (71.96 s) -> 128 indices; 3601 at 25 fps -> 144; 3601 at
+    29.97 fps (120.15 s) -> 128; 50 frames -> 0..49.
+    """
+    if num_frames <= 0:
+        return np.zeros((0,), np.int64)
+    if not native_fps > 0:
+        raise ValueError(f"native_fps must be > 0, got {native_fps}")
+    if num_frames < min_frames:
+        return np.arange(num_frames, dtype=np.int64)
+    k = max(int(num_frames / native_fps), min_frames, 1)
+    return np.linspace(0, num_frames - 1, k, dtype=int).astype(np.int64)
+
+
 def feature_indices(num_features: int, duration: float) -> np.ndarray:
     """SPEC §2 pre-extracted feature rule: ``linspace(0, N-1, T).astype(int)``, ``T = min(N, int(duration))``.
 
@@ -144,6 +169,7 @@ def feature_indices(num_features: int, duration: float) -> np.ndarray:
 
 __all__ = [
     "DEFAULT_MIN_FRAMES",
+    "extraction_indices",
     "feature_indices",
     "is_constant_rate",
     "sample_indices",

@@ -243,9 +243,14 @@ def _resolve_under(root: Path, parts: tuple[str, ...], where: str) -> Path:
 
 def video_path(root: str | Path, record: Record) -> Path:
     """`<root>/videos/<data_source>/<video>` (SPEC §3). DataError PATH_ESCAPES_ROOT if it leaves root/videos."""
+    return video_file(Path(root) / "videos", record)
+
+
+def video_file(videos_dir: str | Path, record: Record) -> Path:
+    """`<videos_dir>/<data_source>/<video>`. DataError PATH_ESCAPES_ROOT if it leaves videos_dir."""
     if record.video is None:
         raise ValueError(f"{record.origin}: record {record.id!r} has no video")
-    return _resolve_under(Path(root) / "videos", (record.data_source, record.video), record.origin)
+    return _resolve_under(Path(videos_dir), (record.data_source, record.video), record.origin)
 
 
 def feature_path(root: str | Path, record: Record, ext: str = "safetensors") -> Path:

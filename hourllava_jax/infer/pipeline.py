@@ -6,8 +6,9 @@
 Steps of :meth:`VideoQA.answer`:
 
 1. ``encode``: PyAV decoding at 1 FPS (SPEC §2, ``data/video.py``) straight to the tower's size,
-   SigLIP normalisation, then vision tower + bilinear pooling, jitted on fixed-size chunks of
-   frames (one compile for any video length). Cached per (video content, vision tower,
+   then the shared :class:`~hourllava_jax.data.encoder.FrameEncoder` (SigLIP normalisation,
+   vision tower + bilinear pooling, jitted on fixed-size chunks of frames: one compile for any
+   video length). Cached per (video content, vision tower,
    sampling settings) by :class:`~hourllava_jax.infer.memory_cache.MemoryCache`.
 2. Prompt: time instruction + ChatML + the assistant header (SPEC §3). Inference passes no
    labels, so the whole prompt is the MemAug query (SPEC §1.4; training drops the labelled
@@ -39,8 +40,8 @@ from flax import nnx
 
 from hourllava_jax.data import errors
 from hourllava_jax.data.chat import add_time_instruction, generation_prompt
+from hourllava_jax.data.encoder import FrameEncoder
 from hourllava_jax.data.frames import DEFAULT_MIN_FRAMES
-from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.records import Turn
 from hourllava_jax.data.tokenizer import chat_token_ids
@@ -105,12 +106,6 @@ class StreamDecoder:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_chunk(graphdef, state, pixels):
-    """float32[n, S, S, 3] -> float32[n, p², C]."""
-    return nnx.merge(graphdef, state).encode_frames(pixels).astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _llm_inputs(graphdef, state, batch):
     """The padded batch -> (embeds float[B, Lo, H], valid bool[B, Lo])."""
     x = nnx.merge(graphdef, state).llm_inputs(batch)
@@ -161,6 +156,8 @@ class VideoQA:
         self.memory_config = dataclasses.replace(config.memory, spatial_mode=forgetting,
                                                  temporal_mode="random" if random_time else "uniform")
         self._graphdef, self._state = nnx.split(model)
+        # The model's own tower and pool size: the features HourLlava.encode_frames computes.
+        self.encoder = FrameEncoder(model.vision_tower, pool_size=config.memory.pool_size, chunk=frame_chunk)
         self._fingerprint: str | None = None
 
     @classmethod
@@ -194,17 +191,9 @@ class VideoQA:
                 "size": self.config.vision.image_size}
 
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        """uint8[T, S, S, 3] RGB at the tower's size -> float32[T, p², C] pooled features."""
-        t, n = frames.shape[0], self.frame_chunk
-        if t == 0:
-            raise ValueError("encode_frames: no frames")
-        out = []
-        for start in range(0, t, n):
-            chunk = normalize(frames[start:start + n])
-            if chunk.shape[0] < n:  # pad the last chunk: every call has the same shape
-                chunk = np.concatenate([chunk, np.zeros((n - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(_encode_chunk(self._graphdef, self._state, jnp.asarray(chunk))))
-        return np.concatenate(out)[:t]
+        """uint8[T, S, S, 3] RGB at the tower's size -> float32[T, p², C] pooled features
+        (``HourLlava.encode_frames`` through the shared :class:`FrameEncoder`)."""
+        return self.encoder(frames)
 
     def _compute(self, video: str | Path) -> EncodedVideo:
         from hourllava_jax.data.video import decode_video

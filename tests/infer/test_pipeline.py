@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hourllava_jax.data.chat import time_instruction
+from hourllava_jax.data import encoder as frame_encoder
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.infer import generate as gen
 from hourllava_jax.infer import pipeline as pl
@@ -136,12 +137,12 @@ def test_random_forgetting_needs_its_seed(env):
 def test_further_questions_do_not_recompile(env):
     _, _, _, _, videos, qa = env
     qa.answer(videos["a"], Q1, max_new_tokens=N)
-    sizes = (pl._encode_chunk._cache_size(), pl._llm_inputs._cache_size(), gen._generate_jit._cache_size())
+    sizes = (frame_encoder._encode_chunk._cache_size(), pl._llm_inputs._cache_size(), gen._generate_jit._cache_size())
     for q in ("Is it red?", "Describe what happens in the video from the start to the end.", Q2):
         qa.answer(videos["a"], q, max_new_tokens=N)
     qa.release_video(videos["a"])
     qa.answer(videos["a"], Q1, max_new_tokens=N)  # from disk
-    assert (pl._encode_chunk._cache_size(), pl._llm_inputs._cache_size(), gen._generate_jit._cache_size()) == sizes
+    assert (frame_encoder._encode_chunk._cache_size(), pl._llm_inputs._cache_size(), gen._generate_jit._cache_size()) == sizes
 
 
 def test_encode_chunks_match_one_batch(env):
