@@ -51,7 +51,7 @@ def _flag_list(xs: list[str]) -> str:
 def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
     from hourllava_jax.cli.evaluate import main as evaluate_main
     from hourllava_jax.cli.export import export_workdir
-    from hourllava_jax.cli.extract import extract_records
+    from hourllava_jax.data.extract import build_encoder, extract_features
     from hourllava_jax.cli.train import load_config, run_training
     from hourllava_jax.eval.report import load_records
 
@@ -94,8 +94,11 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
     # ------------------------------------------------------------------ features (frozen tower)
     t0 = time.perf_counter()
     bar.set_description("demo: extracting features")
+    # The start's own tower, pooled as the trained model pools (compose writes the release's pool 8).
+    encoder = build_encoder(composed, pool_size=model_cfg.memory.pool_size)
     with tqdm(total=len(train_recs), desc="features", unit="video", leave=False, position=1) as fbar:
-        extract_records(composed, train_recs, train_root, workdir / "features", on_video=fbar.update)
+        extract_features(train_root / "videos", workdir / "features", encoder, records=train_recs,
+                         min_frames=model_cfg.memory.min_frames, on_video=lambda *_: fbar.update())
     train_items = dataset.load_items(train_recs, FeatureStore(workdir / "features"))
     stage("features", t0)
 
