@@ -4,7 +4,7 @@ For (a) the ``tiny`` model preset and (b) a ~100M-parameter Hour-LLaVA-shaped co
 768-wide / 8 layers / 12:2 GQA heads / 32k tied vocabulary, MemAug 2 blocks, a 384-wide
 SigLIP, the release's memory rules: 8x8 pooled frames, 128 minimum frames), each in fp32 and
 bf16 compute (fp32 master weights, AdamW state fp32), this builds the model exactly as
-``launch/train.py`` does (``build_model_and_loss`` on a ``configs/train/tiny.yaml`` train config
+``launch/train.py`` does (``hourllava_jax.cli.train.build_model_and_loss`` on a ``configs/train/tiny.yaml`` train config
 with overrides), initialises it with ``create_train_state``, builds the step with
 ``make_train_step`` and AOT-compiles it with ``compile_step`` (donated state, as the trainer).
 
@@ -66,7 +66,7 @@ from hourllava_jax.train.config import TrainConfig, load_train_config  # noqa: E
 from hourllava_jax.train.optimizer import trainable_mask  # noqa: E402
 from hourllava_jax.train.state import create_train_state, materialise_rest  # noqa: E402
 from hourllava_jax.train.step import compile_step, make_train_step, step_flops  # noqa: E402
-from launch.train import build_model_and_loss, model_config  # noqa: E402
+from hourllava_jax.cli.train import build_model_and_loss, model_config  # noqa: E402
 
 TRAIN_YAML = ROOT / "configs" / "train" / "tiny.yaml"
 # The ~100M Hour-LLaVA-shaped model: overrides of the tiny preset (configs/model/tiny.yaml).

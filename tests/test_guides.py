@@ -221,7 +221,9 @@ def check_train(argv: list[str], what: str) -> None:
     from hourllava_jax.config.base import ConfigError
     from hourllava_jax.train.config import load_train_config
 
-    args = _parse(_load_script("launch/train.py").parse_args, argv, what)
+    from hourllava_jax.cli.train import parse_args  # launch/train.py is a wrapper over its main
+
+    args = _parse(parse_args, argv, what)
     if args is None or args.config == "...":
         return
     try:

@@ -91,14 +91,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+ALIAS = "alias"  # field metadata key: the name a field has in YAML (e.g. ``from``, a Python keyword)
+
+
+def _key(f: dataclasses.Field) -> str:
+    """The YAML / override name of field ``f``: its alias if it has one."""
+    return f.metadata.get(ALIAS, f.name)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Builds dataclass ``cls`` from a nested dict; unknown keys are an error naming the key."""
+    """Builds dataclass ``cls`` from a nested dict; unknown keys are an error naming the key.
+
+    A field declared with ``metadata={"alias": "from"}`` is read from the key ``from``."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {_key(f): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid: {sorted(fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {fields[k].name: _coerce(v, hints[fields[k].name], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:
@@ -110,9 +120,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 
 def to_dict(cfg: Any) -> Any:
-    """The inverse of ``from_dict``: plain dicts, lists and scalars (YAML/JSON-ready)."""
+    """The inverse of ``from_dict``: plain dicts, lists and scalars (YAML/JSON-ready); aliased
+    fields are written under their alias, so overrides use the YAML spelling."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {_key(f): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, (list, tuple)):
         return [to_dict(v) for v in cfg]
     if isinstance(cfg, dict):

@@ -11,6 +11,9 @@ Restore walks the steps newest first: a checkpoint that fails to restore (trunca
 files) is logged, renamed to ``corrupt.<step>`` (kept for inspection, never deleted) and the
 previous one is used. Restoring onto another mesh works because the target is an abstract state
 carrying the *new* shardings.
+
+:class:`CheckpointParams` reads only the parameters of another run's checkpoint: onto target
+shardings (``init.from`` a workdir) or one tensor at a time on the host (export).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from hourllava_jax.config.base import ConfigError
 from hourllava_jax.train.state import TrainState
 
 # --------------------------------------------------------------------------------------------------
@@ -174,6 +178,90 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters of another run's checkpoint (init.from a workdir, export).
+# --------------------------------------------------------------------------------------------------
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+class CheckpointParams:
+    """The parameters of one complete checkpoint of ``workdir`` (newest, or ``step``).
+
+    ``shapes``: dotted parameter path -> ``(shape, dtype)`` from the checkpoint's metadata (no data
+    read). Orbax stores nested-dict keys as strings, so paths are matched by their dotted form.
+    """
+
+    def __init__(self, workdir: str | Path, step: int | None = None):
+        directory = Path(workdir).resolve() / "checkpoints"
+        # Only finalised steps are listed (a save killed mid-way leaves a tmp dir, not a step).
+        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
+            if directory.is_dir() else []
+        steps = [s for s in steps if ocp.step.is_checkpoint_finalized(directory / str(s))]
+        if not steps:
+            raise ConfigError(f"{workdir}: no complete checkpoint under {directory}")
+        if step is not None and step not in steps:
+            raise ConfigError(f"step {step}: {directory} has no such complete checkpoint (it has {steps})")
+        self.step = steps[-1] if step is None else step
+        self.path = directory / str(self.step) / "state"
+        self.description = f"checkpoint {self.step} of {workdir}"
+        self._checkpointer = ocp.PyTreeCheckpointer()
+        meta = self._checkpointer.metadata(self.path).item_metadata
+        tree = getattr(meta, "tree", meta)["params"]
+        flat = _flatten(tree)
+        self.shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+            _dotted(k): (tuple(m.shape), np.dtype(m.dtype)) for k, m in flat.items()}
+        self._keys = {_dotted(k): k for k in flat}  # dotted -> the checkpoint's own path
+
+    def _restore(self, wanted: dict[str, Any]) -> dict[str, Any]:
+        """``dotted path -> RestoreArgs`` -> ``dotted path -> array``: a partial restore."""
+        from flax import traverse_util
+
+        item = traverse_util.unflatten_dict({self._keys[k]: 0 for k in wanted})
+        args = traverse_util.unflatten_dict({self._keys[k]: a for k, a in wanted.items()})
+        out = self._checkpointer.restore(self.path, args=ocp.args.PyTreeRestore(
+            item={"params": item}, restore_args={"params": args}, partial_restore=True))
+        return {_dotted(k): v for k, v in _flatten(out["params"]).items()}
+
+    def restore(self, targets: dict[tuple, jax.ShapeDtypeStruct]):
+        """Parameters of ``targets`` (abstract, with shardings) that the checkpoint has, each read
+        straight into its target sharding. Returns a ``warm_start.LoadedParams``."""
+        from hourllava_jax.train.warm_start import LoadedParams, check_shape
+
+        wanted, paths = {}, {}
+        for path, t in targets.items():
+            key = _dotted(path)
+            if key in self.shapes:
+                check_shape(str(self.path.parents[2]), path, self.shapes[key][0], t.shape)
+                wanted[key] = ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype)
+                paths[key] = path
+        got = self._restore(wanted) if wanted else {}
+        unused = tuple(k for k in self.shapes if k not in wanted)
+        return LoadedParams({paths[k]: v for k, v in got.items()}, unused, self.description)
+
+    def read(self, key: str) -> np.ndarray:
+        """One parameter (dotted path) as a host array: only that tensor is read."""
+        if key not in self.shapes:
+            raise KeyError(f"{self.description}: no parameter {key}")
+        return np.asarray(self._restore({key: ocp.RestoreArgs(restore_type=np.ndarray)})[key])
+
+
+def _flatten(tree: Any) -> dict[tuple, Any]:
+    out: dict[tuple, Any] = {}
+
+    def walk(node: Any, prefix: tuple) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*prefix, k))
+        else:
+            out[prefix] = node
+
+    walk(tree, ())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from hourllava_jax.config.base import ConfigError, apply_overrides, from_dict, load_yaml
+from hourllava_jax.config.base import ALIAS, ConfigError, apply_overrides, from_dict, load_yaml
 from hourllava_jax.parallel.mesh import MESH_AXES
 from hourllava_jax.parallel.rules import DEFAULT_RULES
 
@@ -126,6 +126,25 @@ class ProfileConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """Where a fresh run's parameters come from (SPEC §2: each stage starts from the previous one).
+
+    YAML ``init: {from: DIR, step: N}``. ``from`` ("" = the model's own random init) is either a
+    Hugging Face directory (``hourllava-convert compose`` output, or a full Hour-LLaVA checkpoint)
+    or a training workdir (its newest complete checkpoint, or checkpoint ``step``). Parameters
+    only: optimizer state, step and data position start fresh. Parameters the source lacks keep
+    the model's init. Ignored when the run's own workdir already holds a checkpoint (resume wins).
+    """
+
+    source: str = dataclasses.field(default="", metadata={ALIAS: "from"})
+    step: int | None = None  # workdir sources only; None = the newest complete checkpoint
+
+    def validate(self) -> None:
+        _require(self.step is None or self.step >= 0, f"init.step must be >= 0, got {self.step}")
+        _require(self.step is None or bool(self.source), "init.step needs init.from (a training workdir)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     stage: int = 3
     model: str = "tiny"  # model preset name or YAML path (config.load_model_config)
@@ -150,6 +169,11 @@ class TrainConfig:
     tensorboard: bool = True
     wandb_project: str = ""  # "" = off; used only if wandb is importable
     seed: int = 0
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    # At the end of a completed run, write the Hugging Face layout (``hourllava-convert export``)
+    # to ``export_dir`` ("" = ``<workdir>/hf``); the tokenizer is copied from ``data.tokenizer``.
+    export_hf: bool = False
+    export_dir: str = ""
 
     @property
     def micro_batch_size(self) -> int:

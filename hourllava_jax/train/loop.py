@@ -3,7 +3,8 @@
 Model-agnostic: it takes a model factory ``factory(nnx.Rngs) -> nnx.Module``, a loss
 ``loss_fn(model, batch, rng) -> (loss, aux)`` and a data factory
 ``data_factory(cfg, process_index, process_count)`` returning an iterator of process-local
-numpy batches with ``get_state()/set_state()``. ``launch/train.py`` wires the real ones.
+numpy batches with ``get_state()/set_state()``, and optionally a Hugging Face parameter loader
+for ``init.from`` (``train/warm_start.py``). ``hourllava_jax/cli/train.py`` wires the real ones.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hourllava_jax.train.metrics import MetricsLogger, mfu
 from hourllava_jax.train.optimizer import trainable_mask
 from hourllava_jax.train.state import ModelFactory, TrainState, create_train_state, materialise_rest
 from hourllava_jax.train.step import LossFn, compile_step, make_train_step, step_flops
+from hourllava_jax.train.warm_start import HFParamLoader, warm_start
 
 DataFactory = Callable[[TrainConfig, int, int], Iterator[dict[str, np.ndarray]]]
 
@@ -40,6 +42,8 @@ class TrainResult:
     last_metrics: dict[str, Any]
     preempted: bool  # stopped by SIGTERM after saving the current step
     resumed_from: int | None  # checkpoint step the run started from (None: fresh init)
+    initialised_from: str | None = None  # init.from, when a fresh run started from it
+    exported: Path | None = None  # set by the entry point when it exported the run (export_hf)
 
 
 def _host(metrics: dict[str, jax.Array]) -> dict[str, Any]:
@@ -56,10 +60,12 @@ def train(
     mesh: Mesh | None = None,
     stop_after: int | None = None,
     step_hook: Callable[[int], None] | None = None,
+    hf_params: HFParamLoader | None = None,
 ) -> TrainResult:
     """Trains to ``cfg.num_steps`` (or ``stop_after`` steps of this run), resuming from
-    ``<workdir>/checkpoints`` when a checkpoint exists. ``step_hook(step)`` runs after each
-    step (tests use it to slow a run down or to raise)."""
+    ``<workdir>/checkpoints`` when a checkpoint exists; a fresh run takes its parameters from
+    ``cfg.init.source`` when set (``hf_params`` reads Hugging Face directories). ``step_hook(step)``
+    runs after each step (tests use it to slow a run down or to raise)."""
     workdir = Path(workdir)
     mesh = make_mesh(cfg.mesh) if mesh is None else mesh
     pidx, pcount = jax.process_index(), jax.process_count()
@@ -79,13 +85,19 @@ def train(
                             async_save=cfg.checkpoint.async_save)
         data = data_factory(cfg, pidx, pcount)
         restored = ckpt.restore_latest(ini.abstract_state)
+        initialised_from = None
         if restored is None:
             state, resumed_from = ini.init(), None
+            if cfg.init.source:
+                state = warm_start(cfg, state, ini.abstract_state.params, hf_params)
+                initialised_from = cfg.init.source
         else:
             state, data_state, resumed_from = restored
             data.set_state(data_state)
             if pidx == 0:
-                print(f"resumed from checkpoint {resumed_from}", flush=True)
+                # Resume wins: init.from describes where the run started, not where it is.
+                ignored = f" (init.from={cfg.init.source} ignored: the workdir has a checkpoint)" if cfg.init.source else ""
+                print(f"resumed from checkpoint {resumed_from}{ignored}", flush=True)
 
         # ---------------------------------------------------------------- compile
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
@@ -169,4 +181,4 @@ def train(
             guard.uninstall()
             ckpt.close()
             logger.close()
-    return TrainResult(state, last, preempted, resumed_from)
+    return TrainResult(state, last, preempted, resumed_from, initialised_from)

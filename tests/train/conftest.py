@@ -1,5 +1,5 @@
-"""Makes ``launch/`` (the stand-in model lives in ``launch/train.py``) and this folder's
-``train_harness`` importable under ``--import-mode=importlib``."""
+"""Makes the repository root and this folder (``train_harness``, the stand-in model in
+``standin.py``) importable under ``--import-mode=importlib``."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from train_harness import host_tree, one_device_mesh, tiny_cfg
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.checkpoint import Checkpointer
 from hourllava_jax.train.state import create_train_state
-from launch.train import build_model_and_loss
+from standin import build_model_and_loss
 
 
 def _init(mesh):

@@ -74,7 +74,7 @@ def test_config_rejects_trainable_without_lr():
 
 def test_nonfinite_step_is_skipped_and_counted():
     cfg = tiny_cfg("compute_dtype=float32")
-    from launch.train import build_data
+    from standin import build_data
 
     it = build_data(cfg, 0, 1)
     good = [next(it) for _ in range(3)]

@@ -10,7 +10,7 @@ from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.checkpoint import Checkpointer
 from hourllava_jax.train.loop import train
 from hourllava_jax.train.metrics import read_metrics
-from launch.train import build_data, build_model_and_loss
+from standin import build_data, build_model_and_loss
 
 
 def test_train_logs_checkpoints_profiles_and_resumes(tmp_path):

@@ -13,7 +13,7 @@ from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.checkpoint import Checkpointer
 from hourllava_jax.train.metrics import read_metrics
 from hourllava_jax.train.state import create_train_state
-from launch.train import build_model_and_loss
+from standin import build_model_and_loss
 
 pytestmark = pytest.mark.multiprocess
 TIMEOUT = 300

@@ -1,6 +1,6 @@
 """Acceptance (c): a run killed with SIGKILL part-way and restarted reproduces the uninterrupted
 run exactly (per-step losses after the restart, final params bitwise, data order included);
-SIGTERM saves a checkpoint at the current step and exits. Runs ``launch/train.py`` in subprocesses."""
+SIGTERM saves a checkpoint at the current step and exits. Runs ``launch/train.py``'s main with the stand-in (``standin_main.py``) in subprocesses."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.checkpoint import Checkpointer
 from hourllava_jax.train.metrics import read_metrics
 from hourllava_jax.train.state import create_train_state
-from launch.train import build_model_and_loss
+from standin import build_model_and_loss
 
 TIMEOUT = 300
 

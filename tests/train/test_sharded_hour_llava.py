@@ -10,7 +10,7 @@ from hourllava_jax.model.inputs import Sample, collate
 from hourllava_jax.model.layout import video_layout
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.config import load_train_config
-from launch.train import model_config
+from hourllava_jax.cli.train import model_config
 
 
 def _batches(cfg, n_batches: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:

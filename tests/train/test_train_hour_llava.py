@@ -35,7 +35,7 @@ def _overrides(root: Path, workdir: Path) -> list[str]:
 
 
 def test_hour_llava_trains_and_resumes(data, tmp_path):
-    from launch.train import main
+    from hourllava_jax.cli.train import main
 
     work = tmp_path / "run"
     assert main(["--config", "tiny", "--workdir", str(work), *_overrides(data, work), "num_steps=6", "checkpoint.every=3",
@@ -57,7 +57,7 @@ def test_images_and_a_weighted_mixture_train(data, tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from launch.train import main
+    from hourllava_jax.cli.train import main
 
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()

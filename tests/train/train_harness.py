@@ -19,10 +19,12 @@ from hourllava_jax.train.config import TrainConfig, load_train_config
 from hourllava_jax.train.optimizer import trainable_mask
 from hourllava_jax.train.state import create_train_state
 from hourllava_jax.train.step import compile_step, make_train_step
-from launch.train import build_data, build_model_and_loss
+from standin import build_data, build_model_and_loss
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "train" / "standin.yaml"
+# launch/train.py with the stand-in builders (hourllava_jax.cli.train.main(builders=...)).
+STANDIN_MAIN = Path(__file__).resolve().parent / "standin_main.py"
 
 
 def tiny_cfg(*overrides: str) -> TrainConfig:
@@ -83,6 +85,6 @@ def subprocess_env(num_cpu_devices: int) -> dict[str, str]:
 
 
 def launch_train(workdir: Path, *args: str, num_cpu_devices: int = 8, **popen_kw) -> subprocess.Popen:
-    cmd = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(TINY), "--workdir", str(workdir), *args]
+    cmd = [sys.executable, str(STANDIN_MAIN), "--config", str(TINY), "--workdir", str(workdir), *args]
     return subprocess.Popen(cmd, env=subprocess_env(num_cpu_devices), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen_kw)
