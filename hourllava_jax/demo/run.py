@@ -52,12 +52,13 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
     from hourllava_jax.cli.evaluate import main as evaluate_main
     from hourllava_jax.cli.export import export_workdir
     from hourllava_jax.data.extract import build_encoder, extract_features
-    from hourllava_jax.cli.train import load_config, run_training
+    from hourllava_jax.cli.train import run_training
+    from hourllava_jax.train.config import load_train_config
     from hourllava_jax.eval.report import load_records
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    recipe = load_config(cfg.recipe)
+    recipe = load_train_config(cfg.recipe)
     model_cfg = load_model_config(recipe.model, list(recipe.model_overrides))
     timings: dict[str, float] = {}
     bar = tqdm(total=len(STAGES), desc="demo", unit="stage", position=0, dynamic_ncols=True)
