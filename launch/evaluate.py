@@ -21,7 +21,7 @@ from typing import Any
 # Run as a script from a clone: make the package importable without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hourllava_jax.eval import benchmarks, report, runner, sharding  # noqa: E402
+from hourllava_jax.eval import tasks, report, runner, sharding  # noqa: E402
 from hourllava_jax.eval.items import EvalItem, Prediction  # noqa: E402
 
 
@@ -54,7 +54,7 @@ class FirstOptionAnswerer:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--benchmark", required=True, choices=benchmarks.NAMES)
+    p.add_argument("--benchmark", required=True, choices=tasks.NAMES)
     p.add_argument("--root", type=Path, help="benchmark directory (layout: docs/evaluation.md)")
     p.add_argument("--checkpoint", type=Path, help="model checkpoint directory")
     p.add_argument("--out", type=Path, required=True, help="output directory shared by all processes")
@@ -79,7 +79,7 @@ def merge(out: Path, benchmark: str) -> dict[str, Any]:
     """Writes report.json/report.md (and the needle heatmap) for `benchmark`."""
     rep = report.merge(out, [benchmark])
     if benchmark == "needle":
-        from hourllava_jax.eval.benchmarks import needle
+        from hourllava_jax.eval.tasks import needle
 
         needle.write_heatmap(report.load_records(out, benchmark)[0], out / "needle_heatmap.png")
     return rep
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     a = parse_args(argv)
     if a.merge_only:
         return merge(a.out, a.benchmark)
-    items, problems = benchmarks.load(a.benchmark, a.root)
+    items, problems = tasks.load(a.benchmark, a.root)
     if a.limit is not None:
         items = items[: a.limit]
     print(f"{a.benchmark}: {len(items)} items, {len(problems)} annotation problems", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The demo's results: a plain-text table, a JSON summary and one PNG of needle heatmaps.
 
-Cells are (needle depth, video length) as in :mod:`hourllava_jax.eval.benchmarks.needle`,
+Cells are (needle depth, video length) as in :mod:`hourllava_jax.eval.tasks.needle`,
 whose ``accuracy_grid`` builds them. The PNG puts MemAug, the control, and the control's
 theoretical bound (kept needles + chance on the rest) side by side on one colour scale.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hourllava_jax.demo.evaluate import Prediction, accuracy
-from hourllava_jax.eval.benchmarks.needle import accuracy_grid
+from hourllava_jax.eval.tasks.needle import accuracy_grid
 
 
 def _cells(preds: Sequence[Prediction], value: str = "correct", chance: float = 0.25) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hourllava_jax.eval import items as it
+from hourllava_jax.eval.items import EvalItem, Problem
 from hourllava_jax.eval.runner import read_results
 
 
@@ -35,8 +35,8 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
-def write_manifest(out_dir: str | Path, benchmark: str, items: Sequence[it.EvalItem],
-                   problems: Sequence[it.Problem]) -> Path:
+def write_manifest(out_dir: str | Path, benchmark: str, items: Sequence[EvalItem],
+                   problems: Sequence[Problem]) -> Path:
     """Records what the run should cover: every item key, and every rejected annotation."""
     path = Path(out_dir) / "manifest" / f"{benchmark}.json"
     _atomic_write(path, json.dumps({"benchmark": benchmark, "n_items": len(items), "keys": [x.key for x in items],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hourllava_jax.eval.benchmarks import needle
+from hourllava_jax.eval.tasks import needle
 
 REPO = Path(__file__).resolve().parents[2]
 
