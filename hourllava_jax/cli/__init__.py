@@ -1,0 +1,1 @@
+"""Entry points (``main()`` functions behind the console scripts and ``launch/*.py``)."""
