@@ -176,3 +176,14 @@ def test_sharded_answers_equal_single_device(env, tmp_path):
         la = one.option_loglikelihoods(item).option_loglikelihoods
         lb = many.option_loglikelihoods(item).option_loglikelihoods
         np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-5)
+
+
+def test_local_mesh_shapes():
+    from hourllava_jax.eval.answerer import local_mesh
+
+    assert local_mesh().shape["tensor"] == 8  # default: tensor over every local device
+    one = local_mesh({"tensor": 1})
+    assert one.devices.size == 1 and one.devices.flat[0] == jax.local_devices()[0]
+    assert dict(local_mesh({"fsdp": 2, "tensor": 2}).shape) == {"data": 1, "fsdp": 2, "tensor": 2, "memory": 1}
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        local_mesh({"tensor": 16})

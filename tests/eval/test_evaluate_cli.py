@@ -119,3 +119,15 @@ def test_console_script_and_wrapper_exit_status(tmp_path: Path):
                            str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--answerer", "first-option"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and "not a directory" in done.stderr
+    # launch/evaluate.py, run as a script (never imported by tests), exits the same way.
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), "--benchmark", "needle", "--root",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--answerer", "first-option"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not a directory" in done.stderr
+
+
+def test_mesh_flag_parses(evaluate):
+    a = evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor=4,fsdp=2"])
+    assert a.mesh == {"tensor": 4, "fsdp": 2} and a.dtype == "float32" and a.prompt == "llava_vid"
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor"])
