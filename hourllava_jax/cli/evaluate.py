@@ -22,7 +22,7 @@ from typing import Any
 
 from hourllava_jax.eval import report, runner, sharding, tasks
 from hourllava_jax.eval.items import MISSING_FILE, EvalItem, Prediction, Problem
-from hourllava_jax.eval.prompt import STYLES
+from hourllava_jax.eval.prompt import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, STYLES
 
 EXIT_BAD_INPUT = 2
 
@@ -59,7 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter and compute dtype")
     p.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames (default: none, SPEC §2)")
     p.add_argument("--cache-dir", type=Path, default=None, help="on-disk cache of encoded videos (default: none)")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget (lmms-eval's tasks use 16-32)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default: the lmms-eval task's, 16; LongVideoBench 32)")
     p.add_argument("--prompt", choices=STYLES, default="llava_vid",
                    help="llava_vid: lmms-eval's prompt for LLaVA-Video models (default); lmms_default: lmms-eval's "
                         "generic one; llava: one LLaVA-style prompt for every benchmark")
@@ -83,6 +84,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--checkpoint is required with --answerer model")
     if a.max_frames is not None and a.max_frames < 1:
         p.error("--max-frames must be >= 1")
+    if a.max_new_tokens is None:
+        a.max_new_tokens = MAX_NEW_TOKENS.get(a.benchmark, DEFAULT_MAX_NEW_TOKENS)
     if a.max_new_tokens < 1:
         p.error("--max-new-tokens must be >= 1")
     if not 0 <= a.process_index < a.process_count:

@@ -63,6 +63,11 @@ MLVU_POST = "\nOnly give the best option.\nBest option: ("
 LVBENCH_POST = "\nAnswer the question with the option letter"  # sic: no final period (lvbench.yaml)
 TEMPCOMPASS_POST = "\nPlease directly give the best option:"
 
+# Greedy generation budget of each task yaml's generation_kwargs (16 where a yaml sets none:
+# TempCompass, whose budget is the model wrapper's, and needle).
+MAX_NEW_TOKENS = {"videomme": 16, "videomme_sub": 16, "longvideobench": 32, "mlvu": 16, "lvbench": 16}
+DEFAULT_MAX_NEW_TOKENS = 16
+
 
 def format_options(options: Sequence[str], paren: bool = False) -> str:
     """("x", "y") -> "A. x\\nB. y" (or "(A) x\\n(B) y" with ``paren``)."""

@@ -129,5 +129,8 @@ def test_console_script_and_wrapper_exit_status(tmp_path: Path):
 def test_mesh_flag_parses(evaluate):
     a = evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor=4,fsdp=2"])
     assert a.mesh == {"tensor": 4, "fsdp": 2} and a.dtype == "float32" and a.prompt == "llava_vid"
+    assert a.max_new_tokens == 16  # lmms-eval's mlvu_dev.yaml; LongVideoBench's is 32
+    lvb = evaluate.parse_args(["--benchmark", "longvideobench", "--root", ".", "--out", "o", "--checkpoint", "c"])
+    assert lvb.max_new_tokens == 32 and lvb.mesh is None
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor"])
