@@ -5,7 +5,7 @@ consecutively), encoding each video once (``infer/memory_cache.py``) answers mor
 second than decoding and encoding the video for every question, with identical answers.
 
 Set-up: the tiny config (random init, LLM matrices x8 so answers are not one repeated token),
-CPU, the evaluation path itself (``infer.answerer.ModelAnswerer.answer`` on multiple-choice
+CPU, the evaluation path itself (``eval.answerer.ModelAnswerer.answer`` on multiple-choice
 ``EvalItem``s, greedy, ``max_new_tokens`` 16). Videos: H.264 320x240 at 10 fps, 60 s each
 (1-FPS rule with the 128-frame minimum -> T = 128 frames, SPEC §2). Modes:
 
@@ -45,7 +45,7 @@ from hourllava_jax.config import load_model_config  # noqa: E402
 from hourllava_jax.data.tokenizer import build_tokenizer  # noqa: E402
 from hourllava_jax.eval.items import EvalItem  # noqa: E402
 from hourllava_jax.eval.prompt import build_prompt  # noqa: E402
-from hourllava_jax.infer.answerer import ModelAnswerer  # noqa: E402
+from hourllava_jax.eval.answerer import ModelAnswerer  # noqa: E402
 from hourllava_jax.infer.memory_cache import MemoryCache  # noqa: E402
 from hourllava_jax.infer.pipeline import VideoQA  # noqa: E402
 from hourllava_jax.model.hour_llava import HourLlava  # noqa: E402

@@ -7,7 +7,7 @@ asked exactly as the evaluation runner asks a needle-benchmark item (``eval/prom
 question, the four colours as options A-D in a fixed order, the answer instruction) and answered
 with the continuation the runner scores (``"A. red"``), so training and evaluation read the same
 text. The held-out split is also written as a needle-benchmark root (``needle.json``,
-``eval/benchmarks/needle.py``) that ``launch/evaluate.py --benchmark needle`` reads.
+``eval/tasks/needle.py``) that ``launch/evaluate.py --benchmark needle`` reads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from hourllava_jax.eval.items import LETTERS, EvalItem
 from hourllava_jax.eval.prompt import build_prompt
 
 RECORDS = "needle.jsonl"
-BENCHMARK_FILE = "needle.json"  # the needle benchmark's annotation file (eval/benchmarks/needle.py)
+BENCHMARK_FILE = "needle.json"  # the needle benchmark's annotation file (eval/tasks/needle.py)
 
 
 @dataclasses.dataclass(frozen=True)

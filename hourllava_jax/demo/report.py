@@ -4,7 +4,7 @@ and one PNG of needle heatmaps.
 Each record is one held-out question as ``launch/evaluate.py --benchmark needle`` scored it
 (``categories = {depth, length}``, ``correct``). ``kept`` says whether the question's needle
 frame survives uniform temporal forgetting: the control can read only those. Cells are
-(needle depth, video length) as in :mod:`hourllava_jax.eval.benchmarks.needle`.
+(needle depth, video length) as in :mod:`hourllava_jax.eval.tasks.needle`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hourllava_jax.eval.benchmarks.needle import accuracy_grid
+from hourllava_jax.eval.tasks.needle import accuracy_grid
 
 Record = Mapping[str, Any]
 

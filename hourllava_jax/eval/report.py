@@ -10,6 +10,12 @@ items are still missing and how many were rejected at load time.
 Accuracy = correct / results: an item that failed (missing or corrupt video, answerer error) or
 whose answer could not be parsed counts as wrong, as in the published protocols where every
 question is scored. Items not yet run are reported as `n_missing`, never guessed.
+
+Each summary has a `headline` (``eval/headline.py``: the metric the benchmark's paper leads with,
+e.g. MLVU's M-avg, with its per-duration or per-task breakdown) under the strict score, and, where
+the benchmark's lmms-eval scorer has its own parse-failure convention (``eval/conventions.py``:
+LongVideoBench's seeded random choice), `lmms_eval`: the same headline under that convention,
+the comparable number beside the lower bound. report.md leads with these.
 Per-category tables use each benchmark's `categories` (Video-MME: duration, LongVideoBench:
 length, MLVU: task, LVBench: task, TempCompass: dimension, needle: depth and length); a
 question with several labels counts once under each.
@@ -24,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hourllava_jax.eval import items as it
+from hourllava_jax.eval import conventions, headline
+from hourllava_jax.eval.items import EvalItem, Problem
 from hourllava_jax.eval.runner import read_results
 
 
@@ -35,8 +42,8 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
-def write_manifest(out_dir: str | Path, benchmark: str, items: Sequence[it.EvalItem],
-                   problems: Sequence[it.Problem]) -> Path:
+def write_manifest(out_dir: str | Path, benchmark: str, items: Sequence[EvalItem],
+                   problems: Sequence[Problem]) -> Path:
     """Records what the run should cover: every item key, and every rejected annotation."""
     path = Path(out_dir) / "manifest" / f"{benchmark}.json"
     _atomic_write(path, json.dumps({"benchmark": benchmark, "n_items": len(items), "keys": [x.key for x in items],
@@ -68,9 +75,25 @@ def _acc(correct: int, n: int) -> float | None:
     return correct / n if n else None
 
 
-def summarize(records: Sequence[dict[str, Any]], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Accuracy, failure counts and per-category accuracy of one benchmark's records."""
+def _convention(records: Sequence[dict[str, Any]], benchmark: str) -> dict[str, Any] | None:
+    """The headline under the benchmark's lmms-eval convention (None if it has none)."""
+    verdicts = [conventions.lmms_eval_correct(r) for r in records]
+    if not records or any(v is None for v in verdicts):
+        return None
+    by_key = {r["key"]: v for r, v in zip(records, verdicts)}
+    out = headline.compute(records, benchmark, lambda r: by_key[r["key"]][0])
+    out.update(rule=conventions.DESCRIPTIONS.get(benchmark, ""), n_random=sum(v[1] for v in verdicts),
+               seed=conventions.DEFAULT_SEED)
+    return out
+
+
+def summarize(records: Sequence[dict[str, Any]], manifest: dict[str, Any] | None = None,
+              benchmark: str | None = None) -> dict[str, Any]:
+    """Headline, accuracy, failure counts and per-category accuracy of one benchmark's records
+    (`benchmark` defaults to the records' own)."""
     n = len(records)
+    if benchmark is None:
+        benchmark = str(records[0].get("benchmark")) if records else ""
     correct = sum(bool(r.get("correct")) for r in records)
     ok = [r for r in records if r.get("status") == "ok"]
     parse_failed = sum(bool(r.get("parse_failed")) for r in ok)
@@ -83,6 +106,7 @@ def summarize(records: Sequence[dict[str, Any]], manifest: dict[str, Any] | None
                 cell[0] += 1
                 cell[1] += bool(r.get("correct"))
     out: dict[str, Any] = {
+        "headline": headline.compute(records, benchmark), "lmms_eval": _convention(records, benchmark),
         "n_results": n, "n_correct": correct, "accuracy": _acc(correct, n),
         "n_errors": sum(errors.values()), "errors_by_reason": dict(sorted(errors.items())),
         "n_parse_failures": parse_failed, "parse_failure_rate": _acc(parse_failed, len(ok)),
@@ -111,10 +135,29 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _groups(h: dict[str, Any]) -> str:
+    return ", ".join(f"{g} {_pct(c['accuracy'])}" for g, c in h["groups"].items()) or "-"
+
+
+def _headline_value(h: dict[str, Any]) -> str:
+    v = _pct(h["value"])
+    if h.get("n_groups_expected") and h["metric"] == "M-avg" and h["n_groups"] != h["n_groups_expected"]:
+        v += f" ({h['n_groups']}/{h['n_groups_expected']} tasks)"
+    return v
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    """Overview table plus one per-category table per benchmark."""
-    lines = ["| benchmark | results | accuracy (%) | errors | parse failures | load problems | missing |",
-             "|---|---|---|---|---|---|---|"]
+    """The papers' headline metrics first (strict score, lmms-eval convention beside it, parse
+    failure rate), then the overview and one per-category table per benchmark."""
+    lines = ["| benchmark | headline | strict (%) | lmms-eval convention (%) | parse failures | breakdown (strict, %) |",
+             "|---|---|---|---|---|---|"]
+    for name, b in report.items():
+        h, c = b["headline"], b.get("lmms_eval")
+        conv = "-" if c is None else f"{_headline_value(c)} ({c['n_random']} random)"
+        lines.append(f"| {name} | {h['metric']} | {_headline_value(h)} | {conv} | "
+                     f"{b['n_parse_failures']} ({_pct(b['parse_failure_rate'])}%) | {_groups(h)} |")
+    lines += ["", "| benchmark | results | accuracy (%) | errors | parse failures | load problems | missing |",
+              "|---|---|---|---|---|---|---|"]
     for name, b in report.items():
         lines.append(f"| {name} | {b['n_results']} | {_pct(b['accuracy'])} | {b['n_errors']} | "
                      f"{b['n_parse_failures']} | {b.get('n_load_problems', '-')} | {b.get('n_missing', '-')} |")
@@ -136,7 +179,7 @@ def merge(out_dir: str | Path, benchmarks: Sequence[str] | None = None) -> dict[
     report = {}
     for b in benchmarks:
         records, stats = load_records(out_dir, b)
-        report[b] = summarize(records, _read_manifest(out_dir, b))
+        report[b] = summarize(records, _read_manifest(out_dir, b), b)
         report[b]["read"] = stats
     _atomic_write(out_dir / "report.json", json.dumps(report, indent=1, sort_keys=True))
     _atomic_write(out_dir / "report.md", to_markdown(report))

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from hourllava_jax.eval import items as it
+from hourllava_jax.eval.items import ANSWERER_ERROR, EvalItem, MISSING_VIDEO, Prediction
 from hourllava_jax.eval import scoring
 
 Mode = Literal["generate", "loglikelihood"]
@@ -99,28 +99,28 @@ def _finite(xs: Iterable[float] | None) -> list[float | None] | None:
     return None if xs is None else [float(x) if math.isfinite(float(x)) else None for x in xs]
 
 
-def _predict(item: it.EvalItem, answerer: Any, mode: Mode) -> it.Prediction:
+def _predict(item: EvalItem, answerer: Any, mode: Mode) -> Prediction:
     """Calls the answerer and checks the shape of what it returned (raises on a bad return)."""
     if mode == "loglikelihood":
         out = answerer.option_loglikelihoods(item)
-        pred = out if isinstance(out, it.Prediction) else it.Prediction("", option_loglikelihoods=tuple(out))
+        pred = out if isinstance(out, Prediction) else Prediction("", option_loglikelihoods=tuple(out))
         n = None if pred.option_loglikelihoods is None else len(pred.option_loglikelihoods)
         if n != len(item.options):
             raise ValueError(f"expected {len(item.options)} option log-likelihoods, got {n}")
         return pred
     pred = answerer.answer(item)
-    if not isinstance(pred, it.Prediction) or not isinstance(pred.text, str):
+    if not isinstance(pred, Prediction) or not isinstance(pred.text, str):
         raise TypeError(f"answer() must return a Prediction with text: str, got {pred!r:.200}")
     return pred
 
 
-def _prediction_fields(pred: it.Prediction) -> dict[str, Any]:
+def _prediction_fields(pred: Prediction) -> dict[str, Any]:
     """The JSON-safe record fields of a prediction (raises on non-numeric frames/times)."""
     return {"raw_output": pred.text, "frame_indices": [int(i) for i in pred.frame_indices],
             "timestamps": _finite(pred.timestamps), "option_loglikelihoods": _finite(pred.option_loglikelihoods)}
 
 
-def answer_item(item: it.EvalItem, answerer: Any, mode: Mode = "generate") -> dict[str, Any]:
+def answer_item(item: EvalItem, answerer: Any, mode: Mode = "generate") -> dict[str, Any]:
     """Answers and scores one item; every failure is captured in the returned record."""
     rec: dict[str, Any] = {
         "key": item.key, "benchmark": item.benchmark, "id": item.id, "video": item.video,
@@ -131,14 +131,14 @@ def answer_item(item: it.EvalItem, answerer: Any, mode: Mode = "generate") -> di
     }
     t0 = time.perf_counter()
     if not Path(item.video).is_file():
-        rec.update(status="error", reason_code=it.MISSING_VIDEO, reason=f"video not found: {item.video}")
+        rec.update(status="error", reason_code=MISSING_VIDEO, reason=f"video not found: {item.video}")
         return rec
     try:
         pred = _predict(item, answerer, mode)
         fields = _prediction_fields(pred)
     except Exception as e:  # per-item: a corrupt video or a model failure must not stop the run
         code = getattr(e, "reason", None)
-        rec.update(status="error", reason_code=code if isinstance(code, str) else it.ANSWERER_ERROR,
+        rec.update(status="error", reason_code=code if isinstance(code, str) else ANSWERER_ERROR,
                    reason=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
         return rec
     rec.update(fields, seconds=time.perf_counter() - t0)
@@ -162,7 +162,7 @@ class ShardSummary:
     n_errors: int
 
 
-def run_shard(items: Sequence[it.EvalItem], answerer: Any, path: str | Path, *, mode: Mode = "generate",
+def run_shard(items: Sequence[EvalItem], answerer: Any, path: str | Path, *, mode: Mode = "generate",
               retry_errors: bool = False, desc: str | None = None, progress: bool = True) -> ShardSummary:
     """Answers the unfinished `items` (already grouped by video, see sharding) into `path`.
 

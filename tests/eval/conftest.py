@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hourllava_jax.eval.benchmarks.needle import encode_video
+from hourllava_jax.eval.tasks.needle import encode_video
 from hourllava_jax.eval.items import LETTERS, EvalItem, Prediction
 
 

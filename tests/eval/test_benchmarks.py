@@ -9,17 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hourllava_jax.eval import benchmarks
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks import needle, videomme
+from hourllava_jax.eval import tasks
+from hourllava_jax.eval.items import (
+    BAD_ANSWER,
+    BAD_OPTIONS,
+    BAD_RECORD,
+    BAD_SUBTITLES,
+    DUPLICATE_ID,
+    MALFORMED_JSON,
+    MISSING_FILE,
+    Problem,
+    Subtitle,
+)
+from hourllava_jax.eval.tasks import needle, videomme
 
 
-def _reasons(problems: list[it.Problem]) -> Counter:
+def _reasons(problems: list[Problem]) -> Counter:
     return Counter(p.reason for p in problems)
 
 
 def test_videomme_items_and_problems(videomme_root: Path):
-    items, problems = benchmarks.load("videomme", videomme_root)
+    items, problems = tasks.load("videomme", videomme_root)
     assert [x.id for x in items] == ["001-1", "001-2", "301-1", "601-1"]
     first = items[0]
     assert first.key == "videomme/001-1"
@@ -30,48 +40,48 @@ def test_videomme_items_and_problems(videomme_root: Path):
                                 "sub_category": "Astronomy"}
     assert [x.categories["duration"] for x in items] == ["short", "short", "medium", "long"]
     assert first.subtitles == ()  # the no-subtitle variant never reads them
-    assert _reasons(problems) == {it.BAD_RECORD: 2, it.BAD_OPTIONS: 1, it.BAD_ANSWER: 1, it.DUPLICATE_ID: 1}
+    assert _reasons(problems) == {BAD_RECORD: 2, BAD_OPTIONS: 1, BAD_ANSWER: 1, DUPLICATE_ID: 1}
     assert any("missing field 'question'" in p.message for p in problems)
     assert any("'huge'" in p.message for p in problems)
 
 
 def test_videomme_with_subtitles(videomme_root: Path):
-    items, problems = benchmarks.load("videomme_sub", videomme_root)
+    items, problems = tasks.load("videomme_sub", videomme_root)
     assert {x.benchmark for x in items} == {"videomme_sub"}
     subs = items[0].subtitles
     assert [(s.start, s.end, s.text) for s in subs] == [(0.0, 1.5, "Hello there"), (2.0, 3.0, "second line"),
                                                         (10.0, 11.0, "never sampled")]
     assert items[2].subtitles == ()  # its .srt is garbage: recorded, question kept
-    assert _reasons(problems)[it.BAD_SUBTITLES] == 1
+    assert _reasons(problems)[BAD_SUBTITLES] == 1
 
 
 def test_parse_srt_tolerates_variants():
     subs = videomme.parse_srt("00:01:02.5 --> 00:01:03,250\r\nline one\r\nline two\r\n")
-    assert subs == (it.Subtitle(62.5, 63.25, "line one line two"),)
+    assert subs == (Subtitle(62.5, 63.25, "line one line two"),)
 
 
 def test_longvideobench(longvideobench_root: Path):
-    items, problems = benchmarks.load("longvideobench", longvideobench_root)
+    items, problems = tasks.load("longvideobench", longvideobench_root)
     assert [x.id for x in items] == ["lvbA_0", "lvbB_0"]
     a, b = items
     assert a.options == ("red", "blue", "green", "black", "white") and a.answer == "D"
     assert a.categories == {"length": "8-15s", "category": "S2A", "topic": "NP-News-Programs", "level": "L1-Perception"}
     assert b.categories["length"] == "900-3600s" and b.answer == "A" and b.duration == 3000.0
     assert a.video.endswith("videos/lvbA.mp4")
-    assert _reasons(problems) == {it.BAD_ANSWER: 1, it.BAD_RECORD: 2}
+    assert _reasons(problems) == {BAD_ANSWER: 1, BAD_RECORD: 2}
 
 
 def test_mlvu(mlvu_root: Path):
-    items, problems = benchmarks.load("mlvu", mlvu_root)
+    items, problems = tasks.load("mlvu", mlvu_root)
     assert [(x.id, x.answer, x.categories["task"]) for x in items] == [("1_plotQA/0", "C", "plotQA"),
                                                                          ("5_order/0", "B", "order")]
     assert items[0].video.endswith("video/1_plotQA/movie_1.mp4") and items[0].duration == 300.0
     # 4 task files absent, 1 unparsable, 1 answer that is no candidate.
-    assert _reasons(problems) == {it.MISSING_FILE: 4, it.MALFORMED_JSON: 1, it.BAD_ANSWER: 1}
+    assert _reasons(problems) == {MISSING_FILE: 4, MALFORMED_JSON: 1, BAD_ANSWER: 1}
 
 
 def test_lvbench(lvbench_root: Path):
-    items, problems = benchmarks.load("lvbench", lvbench_root)
+    items, problems = tasks.load("lvbench", lvbench_root)
     assert [x.id for x in items] == ["101", "102", "201"]
     first = items[0]
     assert first.question == "What is shown first?"
@@ -80,11 +90,11 @@ def test_lvbench(lvbench_root: Path):
     assert first.duration == 65.5 * 60
     assert items[1].options == ("rain", "(C) confusion", "night", "noise") and items[1].answer == "C"
     assert items[2].video.endswith("videos/keyMissing01.mp4")  # missing video: the runner records it
-    assert _reasons(problems) == {it.MALFORMED_JSON: 1, it.BAD_OPTIONS: 2, it.BAD_RECORD: 1}
+    assert _reasons(problems) == {MALFORMED_JSON: 1, BAD_OPTIONS: 2, BAD_RECORD: 1}
 
 
 def test_tempcompass(tempcompass_root: Path):
-    items, problems = benchmarks.load("tempcompass", tempcompass_root)
+    items, problems = tasks.load("tempcompass", tempcompass_root)
     got = {x.id: (x.answer, x.options, x.categories["dimension"]) for x in items}
     assert got == {
         "1034419625/action/0": ("A", ("dunking a basketball", "dribbling a basketball", "passing a basketball"), "action"),
@@ -92,20 +102,20 @@ def test_tempcompass(tempcompass_root: Path):
         "1006708363/direction/0": ("D", ("left", "right", "towards", "away"), "direction"),
     }
     assert items[0].question == "What is the man doing in the video?"
-    assert _reasons(problems) == {it.BAD_OPTIONS: 1, it.BAD_RECORD: 1}
+    assert _reasons(problems) == {BAD_OPTIONS: 1, BAD_RECORD: 1}
 
 
 def test_missing_root_is_a_problem_not_a_crash(tmp_path: Path):
-    for name in benchmarks.NAMES:
-        items, problems = benchmarks.load(name, tmp_path / "nothing")
-        assert items == [] and problems and {p.reason for p in problems} == {it.MISSING_FILE}, name
+    for name in tasks.NAMES:
+        items, problems = tasks.load(name, tmp_path / "nothing")
+        assert items == [] and problems and {p.reason for p in problems} == {MISSING_FILE}, name
 
 
 def test_needle_build_load_and_heatmap(tmp_path: Path, make_video):
     src = make_video(tmp_path / "hay.mp4", n_frames=3, value=120)
     items, problems = needle.build([src, tmp_path / "absent.mp4"], tmp_path / "needle", depths=[0.0, 0.5, 1.0],
                                    lengths=[4, 8], size=32)
-    assert _reasons(problems) == {it.MISSING_FILE: 1}
+    assert _reasons(problems) == {MISSING_FILE: 1}
     assert len(items) == 6 and {x.categories["length"] for x in items} == {"4", "8"}
     assert [x.answer for x in items] == ["A", "B", "C", "D", "A", "B"]  # colours cycle
     # The needle frame sits at depth d of the haystack: decode and find the pure colour.
@@ -138,11 +148,11 @@ def test_videomme_official_parquet_and_other_extensions(videomme_root: Path, tmp
     assert items[0].video.endswith("data/vidShort01.MP4")
     assert items[2].video.endswith("data/vidMedium1.mp4")  # absent: the runner will report it
     (root / "videomme" / "test-00000-of-00001.parquet").write_bytes(b"PAR1 garbage")
-    assert _reasons(videomme.load(root)[1]) == {it.MALFORMED_JSON: 1}
+    assert _reasons(videomme.load(root)[1]) == {MALFORMED_JSON: 1}
 
 
 @pytest.mark.parametrize("name, rel", [("needle", "needle.json"), ("longvideobench", "lvb_val.json")])
 def test_wrong_top_level_is_a_recorded_problem(tmp_path, name, rel):
     (tmp_path / rel).write_text('{"not": "a list"}')
-    items, problems = benchmarks.load(name, tmp_path)
+    items, problems = tasks.load(name, tmp_path)
     assert items == [] and any("top level must be a list" in p.message for p in problems)

@@ -1,23 +1,24 @@
-"""launch/evaluate.py end to end with the dry-run answerer: 2 processes + merge == 1 process."""
+"""``hourllava-eval`` (hourllava_jax/cli/evaluate.py) end to end with the dry-run answerer: 2 processes
++ merge == 1 process; bad input exits non-zero with the reason."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hourllava_jax.eval.benchmarks import needle
+from hourllava_jax.eval.tasks import needle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def evaluate():
-    spec = importlib.util.spec_from_file_location("launch_evaluate", REPO / "launch" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from hourllava_jax.cli import evaluate as mod
+
     return mod
 
 
@@ -60,18 +61,76 @@ def test_needle_run_writes_heatmap(evaluate, tmp_path: Path, make_video):
 
 
 def test_cli_subprocess_dry_run_never_imports_jax(tmp_path: Path, mlvu_root: Path):
-    import subprocess
-    import sys
-
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['evaluate.py', '--benchmark', 'mlvu', '--root', {str(mlvu_root)!r}, '--out', {str(tmp_path)!r},"
-        " '--answerer', 'first-option']\n"
-        f"runpy.run_path({str(REPO / 'launch' / 'evaluate.py')!r}, run_name='__main__')\n"
+        f"sys.argv = ['hourllava-eval', '--benchmark', 'mlvu', '--root', {str(mlvu_root)!r}, '--out', {str(tmp_path)!r},"
+        " '--answerer', 'first-option', '--allow-missing-files']\n"
+        "try:\n"
+        "    runpy.run_module('hourllava_jax.cli.evaluate', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
         "assert 'jax' not in sys.modules, 'the evaluation path must not import jax'\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mlvu: 2 items, 6 annotation problems" in done.stderr
     rep = json.loads((tmp_path / "report.json").read_text())["mlvu"]
     assert rep["n_results"] == 2 and rep["n_load_problems"] == 6
+
+
+def _fails(evaluate, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(argv)
+    assert e.value.code == evaluate.EXIT_BAD_INPUT
+    return capsys.readouterr().err
+
+
+def test_wrong_root_exits_nonzero_with_the_reason(evaluate, tmp_path: Path, capsys):
+    err = _fails(evaluate, ["--benchmark", "lvbench", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                            "--answerer", "first-option"], capsys)
+    assert "--root" in err and "nope" in err and "not a directory" in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_missing_annotation_file_exits_nonzero(evaluate, tmp_path: Path, capsys, mlvu_root: Path):
+    (tmp_path / "empty").mkdir()
+    err = _fails(evaluate, ["--benchmark", "longvideobench", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                            "--answerer", "first-option"], capsys)
+    assert "lvb_val.json" in err and "annotation file not found" in err and "no item loaded" in err
+    # MLVU with some task files absent: loud unless --allow-missing-files (then the rest runs).
+    err = _fails(evaluate, ["--benchmark", "mlvu", "--root", str(mlvu_root), "--out", str(tmp_path / "m"),
+                            "--answerer", "first-option"], capsys)
+    assert "2_needle.json" in err and "4 annotation file(s) missing" in err
+
+
+def test_zero_loadable_items_exits_nonzero(evaluate, tmp_path: Path, capsys):
+    root = tmp_path / "lvb"
+    root.mkdir()
+    (root / "lvb_val.json").write_text(json.dumps([{"id": "x", "question": "no options"}]))
+    err = _fails(evaluate, ["--benchmark", "longvideobench", "--root", str(root), "--out", str(tmp_path / "o"),
+                            "--answerer", "first-option"], capsys)
+    assert "no loadable item" in err and "missing field" in err
+
+
+def test_console_script_and_wrapper_exit_status(tmp_path: Path):
+    """The process exit status a shell sees: 2 for a wrong root (through ``python -m``, what the
+    ``hourllava-eval`` console script and launch/evaluate.py both call)."""
+    done = subprocess.run([sys.executable, "-m", "hourllava_jax.cli.evaluate", "--benchmark", "mlvu", "--root",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--answerer", "first-option"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "not a directory" in done.stderr
+    # launch/evaluate.py, run as a script (never imported by tests), exits the same way.
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), "--benchmark", "needle", "--root",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--answerer", "first-option"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not a directory" in done.stderr
+
+
+def test_mesh_flag_parses(evaluate):
+    a = evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor=4,fsdp=2"])
+    assert a.mesh == {"tensor": 4, "fsdp": 2} and a.dtype == "float32" and a.prompt == "llava_vid"
+    assert a.max_new_tokens == 16  # lmms-eval's mlvu_dev.yaml; LongVideoBench's is 32
+    lvb = evaluate.parse_args(["--benchmark", "longvideobench", "--root", ".", "--out", "o", "--checkpoint", "c"])
+    assert lvb.max_new_tokens == 32 and lvb.mesh is None
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--benchmark", "mlvu", "--root", ".", "--out", "o", "--checkpoint", "c", "--mesh", "tensor"])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hourllava_jax.eval import benchmarks, report, runner, sharding
-from hourllava_jax.eval import items as it
+from hourllava_jax.eval import tasks, report, runner, sharding
+from hourllava_jax.eval.items import ANSWERER_ERROR, BAD_RECORD, EvalItem, MISSING_VIDEO, Prediction
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def _lines(out: Path, bench: str) -> list[dict]:
 
 
 @pytest.fixture
-def many_items(tmp_path: Path, make_video) -> list[it.EvalItem]:
+def many_items(tmp_path: Path, make_video) -> list[EvalItem]:
     """6 videos x 2 questions, one video missing."""
     out = []
     for v in range(6):
@@ -44,13 +44,13 @@ def many_items(tmp_path: Path, make_video) -> list[it.EvalItem]:
         if v != 4:
             make_video(path, n_frames=2 + v)
         for q in range(2):
-            out.append(it.EvalItem("toy", f"v{v}-q{q}", str(path), f"question {q}?", ("cat", "dog", "cow"),
+            out.append(EvalItem("toy", f"v{v}-q{q}", str(path), f"question {q}?", ("cat", "dog", "cow"),
                                    "ABC"[(v + q) % 3], {"task": f"t{q}"}, video_id=f"v{v}", duration=2.0 + v))
     return out
 
 
 def test_one_and_two_shards_give_the_same_report(tmp_path: Path, videomme_root: Path, fake_answerer):
-    items, problems = benchmarks.load("videomme", videomme_root)
+    items, problems = tasks.load("videomme", videomme_root)
     for n in (1, 2):
         out = tmp_path / f"out{n}"
         report.write_manifest(out, "videomme", items, problems)
@@ -59,8 +59,8 @@ def test_one_and_two_shards_give_the_same_report(tmp_path: Path, videomme_root: 
     assert one == two
     assert len(list((tmp_path / "out2" / "results" / "videomme").glob("*.jsonl"))) == 2
     assert one["n_results"] == 4 and one["n_missing"] == 0 and one["complete"]
-    assert one["errors_by_reason"] == {it.ANSWERER_ERROR: 1, it.MISSING_VIDEO: 1}
-    assert one["n_load_problems"] == 5 and one["load_problems_by_reason"][it.BAD_RECORD] == 2
+    assert one["errors_by_reason"] == {ANSWERER_ERROR: 1, MISSING_VIDEO: 1}
+    assert one["n_load_problems"] == 5 and one["load_problems_by_reason"][BAD_RECORD] == 2
     assert set(one["categories"]["duration"]) == {"short", "medium", "long"}
     assert one["categories"]["duration"]["long"] == {"n": 1, "n_correct": 0, "accuracy": 0.0}
     recs = {r["id"]: r for r in _lines(tmp_path / "out1", "videomme")}
@@ -101,9 +101,9 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path: Path, many
 _CHILD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from hourllava_jax.eval import items as it, runner, sharding
-from hourllava_jax.eval.items import Prediction
-items = [it.EvalItem(**d) for d in {items!r}]
+from hourllava_jax.eval import runner, sharding
+from hourllava_jax.eval.items import EvalItem, Prediction
+items = [EvalItem(**d) for d in {items!r}]
 
 class Slow:
     def answer(self, item):
@@ -155,13 +155,13 @@ def test_loglikelihood_mode(tmp_path: Path, many_items, fake_answerer):
 def test_retry_errors_replaces_failed_results(tmp_path: Path, many_items, fake_answerer):
     out = tmp_path / "retry"
     _run(many_items, fake_answerer(fail_ids=("v0-q0", "v1-q1")), out, 1)
-    assert _report(out, "toy")["errors_by_reason"][it.ANSWERER_ERROR] == 2
+    assert _report(out, "toy")["errors_by_reason"][ANSWERER_ERROR] == 2
     plain = fake_answerer()
     _run(many_items, plain, out, 1)
     assert plain.calls == 0  # errors count as finished unless asked
     _run(many_items, fake_answerer(), out, 1, retry_errors=True)
     rep = report.merge(out, ["toy"])["toy"]
-    assert rep["errors_by_reason"] == {it.MISSING_VIDEO: 1 * 2} and rep["read"]["duplicates"] == 4
+    assert rep["errors_by_reason"] == {MISSING_VIDEO: 1 * 2} and rep["read"]["duplicates"] == 4
     _run(many_items, fake_answerer(), tmp_path / "clean", 1)
     clean = _report(tmp_path / "clean", "toy")
     rep.pop("read")
@@ -178,17 +178,17 @@ def test_corrupt_video_is_recorded(tmp_path: Path):
 
             with av.open(item.video) as c:  # raises on garbage
                 next(c.decode(video=0))
-            return it.Prediction("A")
+            return Prediction("A")
 
-    item = it.EvalItem("toy", "x", str(bad), "q", ("a", "b"), "A")
+    item = EvalItem("toy", "x", str(bad), "q", ("a", "b"), "A")
     rec = runner.answer_item(item, Decodes())
-    assert rec["status"] == "error" and rec["reason_code"] == it.ANSWERER_ERROR and "Error" in rec["reason"]
+    assert rec["status"] == "error" and rec["reason_code"] == ANSWERER_ERROR and "Error" in rec["reason"]
     json.dumps(rec)  # always serialisable
 
 
 def test_malformed_predictions_are_recorded(tmp_path: Path, make_video):
     video = make_video(tmp_path / "v.mp4")
-    item = it.EvalItem("toy", "x", str(video), "q", ("a", "b"), "A")
+    item = EvalItem("toy", "x", str(video), "q", ("a", "b"), "A")
 
     class Returns:
         def __init__(self, value):
@@ -198,8 +198,8 @@ def test_malformed_predictions_are_recorded(tmp_path: Path, make_video):
             return self.value
 
     for value, needle in ((None, "must return a Prediction"), ("A", "must return a Prediction"),
-                          (it.Prediction("A", frame_indices=("x",)), "ValueError"),
-                          (it.Prediction("A", timestamps=(float("nan"),)), None)):
+                          (Prediction("A", frame_indices=("x",)), "ValueError"),
+                          (Prediction("A", timestamps=(float("nan"),)), None)):
         rec = runner.answer_item(item, Returns(value))
         json.dumps(rec, allow_nan=False)
         if needle is None:  # NaN timestamps are kept as null, the answer still counts
@@ -216,6 +216,6 @@ def test_exception_reason_codes_are_kept(tmp_path: Path, make_video):
         def answer(self, item):
             raise Coded("took too long")
 
-    item = it.EvalItem("toy", "x", str(make_video(tmp_path / "v.mp4")), "q", ("a", "b"), "A")
+    item = EvalItem("toy", "x", str(make_video(tmp_path / "v.mp4")), "q", ("a", "b"), "A")
     rec = runner.answer_item(item, Raises())
     assert (rec["status"], rec["reason_code"], rec["reason"]) == ("error", "decode_timeout", "Coded: took too long")

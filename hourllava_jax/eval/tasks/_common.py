@@ -6,7 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hourllava_jax.eval import items as it
+from hourllava_jax.eval.items import (
+    BAD_OPTIONS,
+    BAD_RECORD,
+    DUPLICATE_ID,
+    EvalItem,
+    LETTERS,
+    MALFORMED_JSON,
+    MISSING_FILE,
+    Problem,
+    coerce_options,
+)
 
 
 class Collector:
@@ -18,21 +28,21 @@ class Collector:
 
     def __init__(self, benchmark: str):
         self.benchmark = benchmark
-        self.items: list[it.EvalItem] = []
-        self.problems: list[it.Problem] = []
+        self.items: list[EvalItem] = []
+        self.problems: list[Problem] = []
         self._ids: set[str] = set()
 
     def problem(self, where: str, reason: str, message: str) -> None:
-        self.problems.append(it.Problem(self.benchmark, where, reason, message))
+        self.problems.append(Problem(self.benchmark, where, reason, message))
 
-    def add(self, where: str, item: it.EvalItem) -> None:
+    def add(self, where: str, item: EvalItem) -> None:
         if item.id in self._ids:
-            self.problem(where, it.DUPLICATE_ID, f"id {item.id!r} seen before; kept the first")
+            self.problem(where, DUPLICATE_ID, f"id {item.id!r} seen before; kept the first")
             return
         self._ids.add(item.id)
         self.items.append(item)
 
-    def result(self) -> tuple[list[it.EvalItem], list[it.Problem]]:
+    def result(self) -> tuple[list[EvalItem], list[Problem]]:
         return self.items, self.problems
 
 
@@ -40,15 +50,15 @@ def read_json(path: Path, out: Collector, top: type | None = None, shape: str = 
     """The parsed file, or None with a recorded problem (missing, not JSON, or, with ``top``, a
     top level that is not of that type: the problem says it must be ``shape``)."""
     if not path.is_file():
-        out.problem(str(path), it.MISSING_FILE, "annotation file not found")
+        out.problem(str(path), MISSING_FILE, "annotation file not found")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        out.problem(str(path), it.MALFORMED_JSON, str(e))
+        out.problem(str(path), MALFORMED_JSON, str(e))
         return None
     if top is not None and not isinstance(data, top):
-        out.problem(path.name, it.BAD_RECORD, f"top level must be {shape}")
+        out.problem(path.name, BAD_RECORD, f"top level must be {shape}")
         return None
     return data
 
@@ -56,7 +66,7 @@ def read_json(path: Path, out: Collector, top: type | None = None, shape: str = 
 def read_jsonl(path: Path, out: Collector) -> list[tuple[str, Any]]:
     """(where, parsed line) pairs; unparsable lines become problems, blank lines are skipped."""
     if not path.is_file():
-        out.problem(str(path), it.MISSING_FILE, "annotation file not found")
+        out.problem(str(path), MISSING_FILE, "annotation file not found")
         return []
     rows = []
     with path.open(encoding="utf-8", errors="replace") as f:
@@ -67,7 +77,7 @@ def read_jsonl(path: Path, out: Collector) -> list[tuple[str, Any]]:
             try:
                 rows.append((where, json.loads(line)))
             except json.JSONDecodeError as e:
-                out.problem(where, it.MALFORMED_JSON, str(e))
+                out.problem(where, MALFORMED_JSON, str(e))
     return rows
 
 
@@ -77,11 +87,11 @@ def checked_options(row: Any, fields: dict[str, type | tuple[type, ...]], option
     with the problem recorded (BAD_RECORD or BAD_OPTIONS) against ``where``."""
     err = require(row, fields)
     if err:
-        out.problem(where, it.BAD_RECORD, err)
+        out.problem(where, BAD_RECORD, err)
         return None
-    options = it.coerce_options(row[options_key])
+    options = coerce_options(row[options_key])
     if isinstance(options, str):
-        out.problem(where, it.BAD_OPTIONS, options)
+        out.problem(where, BAD_OPTIONS, options)
         return None
     return options
 
@@ -113,7 +123,7 @@ def answer_letter(answer: Any, n_options: int) -> str | None:
     s = answer.strip()
     if len(s) >= 1 and s[0] == "(":
         s = s[1:]
-    if s and s[0] in it.LETTERS[:n_options] and (len(s) == 1 or not s[1].isalnum()):
+    if s and s[0] in LETTERS[:n_options] and (len(s) == 1 or not s[1].isalnum()):
         return s[0]
     return None
 
@@ -132,7 +142,7 @@ def options_from_split(parts: list[str], marker: str) -> tuple[str, tuple[str, .
     letters, options = rest[0::2], [o.strip() for o in rest[1::2]]
     if len(options) < 2:
         return f"question has fewer than 2 {marker!r} options"
-    if "".join(letters) != it.LETTERS[: len(letters)]:
+    if "".join(letters) != LETTERS[: len(letters)]:
         return f"option letters {''.join(letters)!r} are not A, B, C, ... in order"
     if any(not o for o in options):
         return "an option is empty"

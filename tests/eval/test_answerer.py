@@ -1,5 +1,6 @@
 """The evaluation answerer: the eval protocol, teacher-forced option log-likelihoods against an
-independent KV-cache computation, and a full ``launch/evaluate.py`` run on a Video-MME fixture."""
+independent KV-cache computation, parameters sharded over 8 devices answering exactly as on one,
+and a full ``hourllava-eval`` run on a Video-MME fixture."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from hourllava_jax.infer import generate as gen
 from hourllava_jax.infer.memory_cache import MemoryCache
 from hourllava_jax.infer.pipeline import VideoQA
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "infer"))
 from infer_fixtures import tiny_model, tiny_tokenizer, tiny_video  # noqa: E402
 
 N = 8
@@ -73,10 +74,10 @@ def _full_forward_logprobs(graphdef, state, embeds, ids):
 
 
 def test_load_answerer_answers_items(env, tmp_path):
-    from hourllava_jax.infer.answerer import ModelAnswerer, load_answerer
+    from hourllava_jax.eval.answerer import ModelAnswerer, load_answerer, local_mesh
 
     d, cfg, model, tok, ckpt, root = env
-    ans = load_answerer(ckpt, cache_dir=tmp_path / "cache", max_new_tokens=N)
+    ans = load_answerer(ckpt, cache_dir=tmp_path / "cache", max_new_tokens=N, mesh=local_mesh({"tensor": 1}))
     assert isinstance(ans, ModelAnswerer)
     item = _item(root / "data" / "vidA.mp4")
     pred = ans.answer(item)
@@ -93,7 +94,7 @@ def test_load_answerer_answers_items(env, tmp_path):
 
 
 def test_option_loglikelihoods_match_token_by_token_decoding(env):
-    from hourllava_jax.infer.answerer import ModelAnswerer
+    from hourllava_jax.eval.answerer import ModelAnswerer
 
     d, cfg, model, tok, ckpt, root = env
     qa = VideoQA(model, cfg, tok, cache=MemoryCache())
@@ -129,13 +130,11 @@ def _write_videomme(root: Path) -> None:
 def test_evaluate_cli_runs_the_model_answerer(env, tmp_path, monkeypatch, mode):
     d, cfg, model, tok, ckpt, root = env
     _write_videomme(root)
-    monkeypatch.setenv("HOURLLAVA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HOURLLAVA_MAX_NEW_TOKENS", str(N))
-    sys.path.insert(0, str(ROOT / "launch"))
-    import evaluate
+    from hourllava_jax.cli import evaluate
 
     rep = evaluate.main(["--benchmark", "videomme", "--root", str(root), "--checkpoint", str(ckpt), "--out",
-                         str(tmp_path / "out"), "--mode", mode, "--no-progress"])
+                         str(tmp_path / "out"), "--mode", mode, "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+                         "--max-new-tokens", str(N), "--mesh", "tensor=1"])
     assert rep is not None
     lines = [json.loads(x) for f in sorted((tmp_path / "out" / "results" / "videomme").glob("*.jsonl")) for x in f.read_text().splitlines()]
     by_video = {}
@@ -152,3 +151,39 @@ def test_evaluate_cli_runs_the_model_answerer(env, tmp_path, monkeypatch, mode):
         assert all(len(r["option_loglikelihoods"]) == 4 and r["predicted"] in "ABCD" for r in ok)
     # Encoded once per video: one cache entry per readable video on disk.
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+
+
+def test_sharded_answers_equal_single_device(env, tmp_path):
+    """Acceptance: the parameters sharded over 8 devices (fsdp 2 x tensor 4) give the same
+    generated text and option log-likelihoods as on one device, for both prompt styles."""
+    from hourllava_jax.eval.answerer import load_answerer, local_mesh
+
+    d, cfg, model, tok, ckpt, root = env
+    assert len(jax.local_devices()) == 8
+    one = load_answerer(ckpt, max_new_tokens=N, mesh=local_mesh({"tensor": 1}))
+    many = load_answerer(ckpt, max_new_tokens=N, mesh=local_mesh({"fsdp": 2, "tensor": 4}))
+    # Really sharded: the LLM's MLP matrix is split 4 ways over tensor and 2 over fsdp.
+    w = nnx.state(many.qa.model.llm, nnx.Param)
+    leaves = [x for x in jax.tree.leaves(w) if x.ndim == 2 and x.shape[0] * x.shape[1] >= 64 * 128]
+    assert leaves and all(len(x.sharding.device_set) == 8 for x in leaves)
+    assert any(x.addressable_shards[0].data.size * 8 == x.size for x in leaves)
+    item = _item(root / "data" / "vidA.mp4")
+    for style in ("llava_vid", "llava"):
+        one.prompt = many.prompt = style
+        a, b = one.answer(item), many.answer(item)
+        assert a.text and a.text == b.text and a.frame_indices == b.frame_indices and a.timestamps == b.timestamps
+    la = one.option_loglikelihoods(item).option_loglikelihoods
+    lb = many.option_loglikelihoods(item).option_loglikelihoods
+    assert len(set(la)) == 4  # distinct scores: the comparison below is not vacuous
+    np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-5)
+
+
+def test_local_mesh_shapes():
+    from hourllava_jax.eval.answerer import local_mesh
+
+    assert local_mesh().shape["tensor"] == 8  # default: tensor over every local device
+    one = local_mesh({"tensor": 1})
+    assert one.devices.size == 1 and one.devices.flat[0] == jax.local_devices()[0]
+    assert dict(local_mesh({"fsdp": 2, "tensor": 2}).shape) == {"data": 1, "fsdp": 2, "tensor": 2, "memory": 1}
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        local_mesh({"tensor": 16})

@@ -16,7 +16,7 @@ Layout under `root` (written by `build`, read by `load`)::
 Categories: `depth` ("0.25") and `length` (seconds, "60"); `write_heatmap` draws accuracy over
 depth x length from the result records as a PNG.
 
-    python -m hourllava_jax.eval.benchmarks.needle --videos a.mp4 b.mp4 --out DIR \\
+    python -m hourllava_jax.eval.tasks.needle --videos a.mp4 b.mp4 --out DIR \\
         --depths 0 0.25 0.5 0.75 1 --lengths 60 300 900
 """
 
@@ -30,8 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, checked_options, number, read_json
+from hourllava_jax.eval.items import (
+    BAD_ANSWER,
+    CORRUPT_VIDEO,
+    EvalItem,
+    LETTERS,
+    MISSING_FILE,
+    NO_FRAMES,
+    Problem,
+    resolve_video,
+)
+from hourllava_jax.eval.tasks._common import Collector, answer_letter, checked_options, number, read_json
 
 BENCHMARK = "needle"
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -84,7 +93,7 @@ def sample_frames(path: str | Path, fps: int, size: int, max_frames: int) -> lis
 
 def build(haystacks: Sequence[str | Path], root: str | Path, depths: Sequence[float], lengths: Sequence[int],
           needles_per_cell: int = 1, needle_seconds: int = 1, size: int = 64, fps: int = 1,
-          ) -> tuple[list[it.EvalItem], list[it.Problem]]:
+          ) -> tuple[list[EvalItem], list[Problem]]:
     """Writes the needle benchmark under `root` (see module docs) and returns `load(root)`.
 
     Args:
@@ -102,13 +111,13 @@ def build(haystacks: Sequence[str | Path], root: str | Path, depths: Sequence[fl
         try:
             frames = sample_frames(h, fps, size, max(lengths) * fps)
         except Exception as e:  # any decoder error: this haystack is unusable, the rest are fine
-            reason = it.MISSING_FILE if not Path(h).exists() else it.CORRUPT_VIDEO
+            reason = MISSING_FILE if not Path(h).exists() else CORRUPT_VIDEO
             out.problem(str(h), reason, f"{type(e).__name__}: {e}")
             continue
         if frames:
             sources.append(frames)
         else:
-            out.problem(str(h), it.NO_FRAMES, "no frame decoded")
+            out.problem(str(h), NO_FRAMES, "no frame decoded")
     rows: list[dict[str, Any]] = []
     names = list(COLORS)
     for length in lengths:
@@ -125,7 +134,7 @@ def build(haystacks: Sequence[str | Path], root: str | Path, depths: Sequence[fl
                 vid = f"d{depth:.2f}_L{length}_{k}"
                 encode_video(root / "videos" / f"{vid}.mp4", hay[:at] + needle + hay[at:], fps)
                 rows.append({"id": vid, "video": f"videos/{vid}.mp4", "question": QUESTION, "options": names,
-                             "answer": it.LETTERS[names.index(color)], "depth": depth, "length": length,
+                             "answer": LETTERS[names.index(color)], "depth": depth, "length": length,
                              "duration": (len(hay) + len(needle)) / fps})
     root.mkdir(parents=True, exist_ok=True)
     (root / "needle.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
@@ -137,7 +146,7 @@ _FIELDS = {"id": str, "video": str, "question": str, "options": list, "answer": 
            "depth": (int, float), "length": (int, float)}
 
 
-def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path) -> tuple[list[EvalItem], list[Problem]]:
     """Reads root/needle.json. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector(BENCHMARK)
@@ -149,10 +158,10 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
             continue
         answer = answer_letter(row["answer"], len(options))
         if answer is None:
-            out.problem(where, it.BAD_ANSWER, f"answer {row['answer']!r} is not a valid letter")
+            out.problem(where, BAD_ANSWER, f"answer {row['answer']!r} is not a valid letter")
             continue
-        out.add(where, it.EvalItem(
-            benchmark=BENCHMARK, id=row["id"], video=it.resolve_video(root, row["video"]), question=row["question"],
+        out.add(where, EvalItem(
+            benchmark=BENCHMARK, id=row["id"], video=resolve_video(root, row["video"]), question=row["question"],
             options=options, answer=answer, video_id=row["id"], duration=number(row.get("duration")),
             categories={"depth": f"{float(row['depth']):.2f}", "length": str(int(row["length"]))}))
     return out.result()

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, checked_options, number, read_json
+from hourllava_jax.eval.items import BAD_ANSWER, BAD_RECORD, EvalItem, LETTERS, Problem, resolve_video
+from hourllava_jax.eval.tasks._common import Collector, checked_options, number, read_json
 
 BENCHMARK = "longvideobench"
 LENGTH_BUCKETS = {15: "8-15s", 60: "15-60s", 600: "180-600s", 3600: "900-3600s"}
@@ -29,7 +29,7 @@ _FIELDS = {"id": str, "video_path": str, "question": str, "candidates": list, "c
            "duration_group": (int, float)}
 
 
-def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path) -> tuple[list[EvalItem], list[Problem]]:
     """Reads lvb_val.json under `root`. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector(BENCHMARK)
@@ -41,19 +41,19 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
             continue
         choice = row["correct_choice"]
         if not 0 <= choice < len(options):
-            out.problem(where, it.BAD_ANSWER, f"correct_choice {choice} outside 0..{len(options) - 1}")
+            out.problem(where, BAD_ANSWER, f"correct_choice {choice} outside 0..{len(options) - 1}")
             continue
         group = int(row["duration_group"])
         if group not in LENGTH_BUCKETS:
-            out.problem(where, it.BAD_RECORD, f"duration_group {group} not in {sorted(LENGTH_BUCKETS)}")
+            out.problem(where, BAD_RECORD, f"duration_group {group} not in {sorted(LENGTH_BUCKETS)}")
             continue
         cats = {"length": LENGTH_BUCKETS[group]}
         for src, dst in (("question_category", "category"), ("topic_category", "topic"), ("level", "level")):
             if isinstance(row.get(src), str) and row[src]:
                 cats[dst] = row[src]
-        out.add(where, it.EvalItem(
-            benchmark=BENCHMARK, id=row["id"], video=it.resolve_video(root / "videos", row["video_path"]),
-            question=row["question"].strip(), options=options, answer=it.LETTERS[choice], categories=cats,
+        out.add(where, EvalItem(
+            benchmark=BENCHMARK, id=row["id"], video=resolve_video(root / "videos", row["video_path"]),
+            question=row["question"].strip(), options=options, answer=LETTERS[choice], categories=cats,
             video_id=str(row.get("video_id") or row["video_path"]),
             duration=number(row.get("duration"))))
     return out.result()

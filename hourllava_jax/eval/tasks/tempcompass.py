@@ -21,8 +21,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, options_from_split, read_json, require
+from hourllava_jax.eval.items import (
+    BAD_ANSWER,
+    BAD_OPTIONS,
+    BAD_RECORD,
+    EvalItem,
+    LETTERS,
+    Problem,
+    resolve_video,
+)
+from hourllava_jax.eval.tasks._common import Collector, answer_letter, options_from_split, read_json, require
 
 BENCHMARK = "tempcompass"
 _OPTION = re.compile(r"\n\s*\(?([A-Z])[\.\)]\s*")
@@ -34,39 +42,39 @@ def split_question(text: str) -> tuple[str, tuple[str, ...]] | str:
     return options_from_split(parts, "X.")
 
 
-def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path) -> tuple[list[EvalItem], list[Problem]]:
     """Reads the TempCompass multiple-choice questions under `root`. Returns (items, problems)."""
     root = Path(root)
     out = Collector(BENCHMARK)
     data = read_json(root / "questions" / "multi-choice.json", out, top=dict, shape="a map video id -> dimension -> questions")
     for vid, dims in (data or {}).items():
         if not isinstance(dims, dict):
-            out.problem(f"multi-choice.json[{vid}]", it.BAD_RECORD, "expected dimension -> list of questions")
+            out.problem(f"multi-choice.json[{vid}]", BAD_RECORD, "expected dimension -> list of questions")
             continue
         for dim, questions in dims.items():
             if not isinstance(questions, list):
-                out.problem(f"multi-choice.json[{vid}][{dim}]", it.BAD_RECORD, "expected a list of questions")
+                out.problem(f"multi-choice.json[{vid}][{dim}]", BAD_RECORD, "expected a list of questions")
                 continue
             for k, qa in enumerate(questions):
                 where = f"multi-choice.json[{vid}][{dim}][{k}]"
                 err = require(qa, {"question": str, "answer": str})
                 if err:
-                    out.problem(where, it.BAD_RECORD, err)
+                    out.problem(where, BAD_RECORD, err)
                     continue
                 split = split_question(qa["question"])
                 if isinstance(split, str):
-                    out.problem(where, it.BAD_OPTIONS, split)
+                    out.problem(where, BAD_OPTIONS, split)
                     continue
                 question, options = split
                 answer = answer_letter(qa["answer"], len(options))
                 if answer is None:
                     hits = [j for j, o in enumerate(options) if o.lower() == qa["answer"].strip().lower()]
-                    answer = it.LETTERS[hits[0]] if len(hits) == 1 else None
+                    answer = LETTERS[hits[0]] if len(hits) == 1 else None
                 if answer is None:
-                    out.problem(where, it.BAD_ANSWER, f"answer {qa['answer']!r} names no option")
+                    out.problem(where, BAD_ANSWER, f"answer {qa['answer']!r} names no option")
                     continue
-                out.add(where, it.EvalItem(
-                    benchmark=BENCHMARK, id=f"{vid}/{dim}/{k}", video=it.resolve_video(root, f"videos/{vid}.mp4"),
+                out.add(where, EvalItem(
+                    benchmark=BENCHMARK, id=f"{vid}/{dim}/{k}", video=resolve_video(root, f"videos/{vid}.mp4"),
                     question=question, options=options, answer=answer, categories={"dimension": dim},
                     video_id=str(vid)))
     return out.result()

@@ -24,8 +24,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, checked_options, read_json, read_jsonl
+from hourllava_jax.eval.items import (
+    BAD_ANSWER,
+    BAD_RECORD,
+    BAD_SUBTITLES,
+    EvalItem,
+    LETTERS,
+    MALFORMED_JSON,
+    MISSING_FILE,
+    Problem,
+    Subtitle,
+    resolve_video,
+)
+from hourllava_jax.eval.tasks._common import Collector, answer_letter, checked_options, read_json, read_jsonl
 
 DURATIONS = ("short", "medium", "long")
 _FIELDS = {"videoID": str, "question_id": str, "question": str, "options": list, "answer": str, "duration": str}
@@ -37,12 +48,12 @@ def _rows(root: Path, out: Collector) -> list[tuple[str, Any]]:
         try:
             import pyarrow.parquet as pq  # optional: only the official parquet needs it
         except ImportError:
-            out.problem(str(parquet), it.MISSING_FILE, "pyarrow is not installed; export the rows to videomme.json")
+            out.problem(str(parquet), MISSING_FILE, "pyarrow is not installed; export the rows to videomme.json")
             return []
         try:
             rows = pq.read_table(parquet).to_pylist()
         except Exception as e:  # any pyarrow failure = an unreadable annotation file
-            out.problem(str(parquet), it.MALFORMED_JSON, f"unreadable parquet: {e}")
+            out.problem(str(parquet), MALFORMED_JSON, f"unreadable parquet: {e}")
             return []
         return [(f"{parquet.name}[{i}]", r) for i, r in enumerate(rows)]
     if (root / "videomme.jsonl").is_file():
@@ -61,7 +72,7 @@ def _seconds(m: re.Match) -> float:
     return int(h) * 3600 + int(mi) * 60 + int(s) + int(ms.ljust(3, "0")) / 1000
 
 
-def parse_srt(text: str) -> tuple[it.Subtitle, ...]:
+def parse_srt(text: str) -> tuple[Subtitle, ...]:
     """SubRip text -> subtitle lines (float seconds). Raises ValueError if no cue parses.
 
     Tolerant of the index line missing, CRLF line ends, "." instead of "," before the
@@ -77,7 +88,7 @@ def parse_srt(text: str) -> tuple[it.Subtitle, ...]:
                     break
                 body = re.sub(r"<[^>]+>", "", " ".join(lines[k + 1 :])).strip()
                 if body:
-                    subs.append(it.Subtitle(_seconds(times[0]), _seconds(times[1]), body))
+                    subs.append(Subtitle(_seconds(times[0]), _seconds(times[1]), body))
                 break
     if not subs and text.strip():
         raise ValueError("no SubRip cue could be parsed")
@@ -88,11 +99,11 @@ def _video(root: Path, video_id: str) -> str:
     # A few Video-MME files ship as .MP4 or .mkv; the runner reports the .mp4 path if none exists.
     for ext in (".mp4", ".MP4", ".mkv"):
         if (root / "data" / f"{video_id}{ext}").is_file():
-            return it.resolve_video(root, f"data/{video_id}{ext}")
-    return it.resolve_video(root, f"data/{video_id}.mp4")
+            return resolve_video(root, f"data/{video_id}{ext}")
+    return resolve_video(root, f"data/{video_id}.mp4")
 
 
-def load(root: str | Path, subtitles: bool = False) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path, subtitles: bool = False) -> tuple[list[EvalItem], list[Problem]]:
     """Reads Video-MME under `root`. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector("videomme_sub" if subtitles else "videomme")
@@ -102,22 +113,22 @@ def load(root: str | Path, subtitles: bool = False) -> tuple[list[it.EvalItem], 
             continue
         answer = answer_letter(row["answer"], len(options))
         if answer is None:
-            out.problem(where, it.BAD_ANSWER, f"answer {row['answer']!r} is not one of {it.LETTERS[:len(options)]}")
+            out.problem(where, BAD_ANSWER, f"answer {row['answer']!r} is not one of {LETTERS[:len(options)]}")
             continue
         if row["duration"] not in DURATIONS:
-            out.problem(where, it.BAD_RECORD, f"duration {row['duration']!r} not in {DURATIONS}")
+            out.problem(where, BAD_RECORD, f"duration {row['duration']!r} not in {DURATIONS}")
             continue
-        subs: tuple[it.Subtitle, ...] = ()
+        subs: tuple[Subtitle, ...] = ()
         srt = root / "subtitle" / f"{row['videoID']}.srt"
         if subtitles and srt.is_file():
             try:
                 subs = parse_srt(srt.read_text(encoding="utf-8", errors="replace"))
             except ValueError as e:
                 # The question stays answerable without subtitles; the report counts the problem.
-                out.problem(str(srt), it.BAD_SUBTITLES, str(e))
+                out.problem(str(srt), BAD_SUBTITLES, str(e))
         cats = {"duration": row["duration"], "task": str(row.get("task_type", "")),
                 "domain": str(row.get("domain", "")), "sub_category": str(row.get("sub_category", ""))}
-        out.add(where, it.EvalItem(
+        out.add(where, EvalItem(
             benchmark=out.benchmark, id=row["question_id"],
             video=_video(root, row["videoID"]),
             question=row["question"].strip(), options=options, answer=answer,

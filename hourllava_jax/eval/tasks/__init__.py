@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from hourllava_jax.eval.benchmarks import lvbench, longvideobench, mlvu, needle, tempcompass, videomme
+from hourllava_jax.eval.tasks import lvbench, longvideobench, mlvu, needle, tempcompass, videomme
 from hourllava_jax.eval.items import EvalItem, Problem
 
 Loader = Callable[[Path], tuple[list[EvalItem], list[Problem]]]

@@ -20,8 +20,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, answer_letter, number, options_from_split, read_jsonl, require
+from hourllava_jax.eval.items import (
+    BAD_ANSWER,
+    BAD_OPTIONS,
+    BAD_RECORD,
+    EvalItem,
+    LETTERS,
+    Problem,
+    resolve_video,
+)
+from hourllava_jax.eval.tasks._common import Collector, answer_letter, number, options_from_split, read_jsonl, require
 
 BENCHMARK = "lvbench"
 _OPTION = re.compile(r"\n\s*\(([A-Z])\)\s*")
@@ -36,7 +44,7 @@ def split_question(text: str) -> tuple[str, tuple[str, ...]] | str:
     return options_from_split(parts, "(X)")
 
 
-def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path) -> tuple[list[EvalItem], list[Problem]]:
     """Reads LVBench under `root`. Returns (items, problems); never raises on bad input."""
     root = Path(root)
     out = Collector(BENCHMARK)
@@ -46,7 +54,7 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
     for where, video in read_jsonl(meta, out):
         err = require(video, {"key": str, "qa": list})
         if err:
-            out.problem(where, it.BAD_RECORD, err)
+            out.problem(where, BAD_RECORD, err)
             continue
         info = video.get("video_info") if isinstance(video.get("video_info"), dict) else {}
         minutes = number(info.get("duration_minutes"))
@@ -55,16 +63,16 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
             qwhere = f"{where} qa[{j}]"
             err = require(qa, {"uid": (str, int), "question": str, "answer": str})
             if err:
-                out.problem(qwhere, it.BAD_RECORD, err)
+                out.problem(qwhere, BAD_RECORD, err)
                 continue
             split = split_question(qa["question"])
             if isinstance(split, str):
-                out.problem(qwhere, it.BAD_OPTIONS, split)
+                out.problem(qwhere, BAD_OPTIONS, split)
                 continue
             question, options = split
             answer = answer_letter(qa["answer"], len(options))
             if answer is None:
-                out.problem(qwhere, it.BAD_ANSWER, f"answer {qa['answer']!r} is not one of {it.LETTERS[:len(options)]}")
+                out.problem(qwhere, BAD_ANSWER, f"answer {qa['answer']!r} is not one of {LETTERS[:len(options)]}")
                 continue
             qtype = qa.get("question_type")
             tasks = [t for t in qtype if isinstance(t, str)] if isinstance(qtype, list) else (
@@ -72,8 +80,8 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
             cats: dict[str, str | list[str]] = {"task": tasks} if tasks else {}
             if isinstance(video.get("type"), str):
                 cats["video_type"] = video["type"]
-            out.add(qwhere, it.EvalItem(
-                benchmark=BENCHMARK, id=str(qa["uid"]), video=it.resolve_video(root, f"videos/{video['key']}.mp4"),
+            out.add(qwhere, EvalItem(
+                benchmark=BENCHMARK, id=str(qa["uid"]), video=resolve_video(root, f"videos/{video['key']}.mp4"),
                 question=question, options=options, answer=answer, categories=cats,
                 video_id=video["key"], duration=duration))
     return out.result()

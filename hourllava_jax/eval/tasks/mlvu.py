@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourllava_jax.eval import items as it
-from hourllava_jax.eval.benchmarks._common import Collector, checked_options, number, read_json
+from hourllava_jax.eval.items import BAD_ANSWER, EvalItem, LETTERS, Problem, resolve_video
+from hourllava_jax.eval.tasks._common import Collector, checked_options, number, read_json
 
 BENCHMARK = "mlvu"
 TASK_FILES = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
 _FIELDS = {"video": str, "question": str, "candidates": list, "answer": str}
 
 
-def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
+def load(root: str | Path) -> tuple[list[EvalItem], list[Problem]]:
     """Reads the MLVU dev multiple-choice tasks under `root`. Returns (items, problems)."""
     root = Path(root)
     out = Collector(BENCHMARK)
@@ -38,12 +38,12 @@ def load(root: str | Path) -> tuple[list[it.EvalItem], list[it.Problem]]:
                 continue
             matches = [k for k, o in enumerate(row["candidates"]) if o.strip() == row["answer"].strip()]
             if len(matches) != 1:
-                out.problem(where, it.BAD_ANSWER,
+                out.problem(where, BAD_ANSWER,
                             f"answer {row['answer']!r} matches {len(matches)} candidates, need exactly 1")
                 continue
-            out.add(where, it.EvalItem(
-                benchmark=BENCHMARK, id=f"{stem}/{i}", video=it.resolve_video(root / "video" / stem, row["video"]),
-                question=row["question"].strip(), options=options, answer=it.LETTERS[matches[0]],
+            out.add(where, EvalItem(
+                benchmark=BENCHMARK, id=f"{stem}/{i}", video=resolve_video(root / "video" / stem, row["video"]),
+                question=row["question"].strip(), options=options, answer=LETTERS[matches[0]],
                 categories={"task": str(row.get("question_type") or stem.split("_", 1)[1])},
                 video_id=f"{stem}/{row['video']}",
                 duration=number(row.get("duration"))))
