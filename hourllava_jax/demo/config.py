@@ -22,6 +22,7 @@ class DemoConfig:
       long_held_out: held-out videos far longer than anything trained on (None: skipped).
       steps / batch_size: optimizer steps per variant and sequences per step.
       spliced_samples: distinct spliced training samples written to the training feature store.
+      long_train: (seconds, share) of spliced samples on concatenated longer haystacks.
     """
 
     train: SplitSpec
@@ -30,6 +31,7 @@ class DemoConfig:
     steps: int = 1500
     batch_size: int = 16
     spliced_samples: int = 6000
+    long_train: tuple[tuple[int, float], ...] = ()
     recipe: str = RECIPE
     video_size: int = 64  # mp4 side in pixels (frames are resized to the tower's 112 on decode)
     vocab_size: int = 512  # tiny.yaml's vocabulary

@@ -33,7 +33,7 @@ from hourllava_jax.model.layout import video_layout
 
 @dataclasses.dataclass(frozen=True)
 class NeedleItem:
-    """One video's features float32[T, p², C] and its needle (frame in [0, T), colour)."""
+    """One video's features float32[T, p², C] and its needle (frame in [0, T), or -1 for none; colour)."""
 
     record: Record
     features: np.ndarray
@@ -45,9 +45,27 @@ class NeedleItem:
         """This haystack with its own needle frame replaced by its neighbour, and ``donor``'s needle
         frame put at ``frame``: a new (haystack, needle colour, position) combination."""
         f = self.features.copy()
-        f[self.needle_frame] = f[self.needle_frame - 1 if self.needle_frame > 0 else 1]
+        if self.needle_frame >= 0:  # -1: a haystack without a needle of its own
+            f[self.needle_frame] = f[self.needle_frame - 1 if self.needle_frame > 0 else 1]
         f[frame] = donor.features[donor.needle_frame]
         return dataclasses.replace(self, features=f, needle_frame=frame, colour=donor.colour)
+
+
+def concatenated(items: Sequence[NeedleItem], length: int, rng: np.random.Generator) -> NeedleItem:
+    """A ``length``-second haystack: random training videos' frames back to back (each with its
+    needle frame replaced by its neighbour), cut to ``length``; its needle is then spliced in.
+    The tower encodes frames one by one, so these are the features of such a concatenated video."""
+    parts, n = [], 0
+    while n < length:
+        it = items[int(rng.integers(len(items)))]
+        f = it.features.copy()
+        f[it.needle_frame] = f[it.needle_frame - 1 if it.needle_frame > 0 else 1]
+        parts.append(f)
+        n += len(f)
+    first = items[int(rng.integers(len(items)))]
+    rec = dataclasses.replace(first.record, extra={**first.record.extra, "duration": float(length),
+                                                     "needle": dict(needle(first.record), length_seconds=length, n_frames=length)})
+    return NeedleItem(rec, np.concatenate(parts)[:length], float(length), -1, first.colour)
 
 
 def load_items(records: Sequence[Record], store: FeatureStore) -> list[NeedleItem]:
@@ -76,15 +94,24 @@ def spliced_record(k: int, item: NeedleItem) -> Record:
 
 
 def write_training_set(items: Sequence[NeedleItem], n: int, seed: int, store: str | Path, records_path: str | Path,
-                       *, on_sample: Callable[[], None] | None = None) -> list[Record]:
+                       *, long: Sequence[tuple[int, float]] = (), on_sample: Callable[[], None] | None = None
+                       ) -> list[Record]:
     """``n`` spliced samples: features into ``store``, records into ``records_path`` (JSON Lines).
-    Reuses both when the records file exists (the draw is a function of ``seed`` alone)."""
+    ``long``: (length in seconds, share of the samples) of concatenated haystacks
+    (:func:`concatenated`); the rest are the training videos themselves. The draw is a function
+    of ``seed`` alone."""
     records_path = Path(records_path)
     rng = np.random.default_rng(seed)
+    shares = np.asarray([1.0 - sum(p for _, p in long), *(p for _, p in long)])
+    if shares.min() < 0:
+        raise ValueError(f"long: shares {list(long)} add up to more than 1")
+    lengths = [0, *(n for n, _ in long)]
     records = []
     with FeatureWriter(store, writer="splice", shard_size=1024) as w:
         for k in range(n):
-            hay, donor = items[int(rng.integers(len(items)))], items[int(rng.integers(len(items)))]
+            length = lengths[int(rng.choice(len(lengths), p=shares))]
+            hay = items[int(rng.integers(len(items)))] if length == 0 else concatenated(items, length, rng)
+            donor = items[int(rng.integers(len(items)))]
             s = hay.with_needle(donor, int(rng.integers(hay.features.shape[0])))
             rec = spliced_record(k, s)
             w.add(feature_key(rec), s.features, s.duration)

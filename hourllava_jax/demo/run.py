@@ -111,11 +111,14 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
         mean, std = start.feature_stats([it.features for it in train_items])  # training statistics only
         start.fold_feature_norm(composed, init, mean, std)
     set_dir = workdir / "train_set"
-    records = set_dir / "records.jsonl"
-    if not records.is_file():
+    records, recipe_file = set_dir / "records.jsonl", set_dir / "set.json"
+    drawn = {"n": cfg.spliced_samples, "seed": cfg.seed, "long": [list(x) for x in cfg.long_train]}
+    if not records.is_file() or not recipe_file.is_file() or json.loads(recipe_file.read_text()) != drawn:
+        shutil.rmtree(set_dir, ignore_errors=True)  # another draw: a stale set must not be reused
         with tqdm(total=cfg.spliced_samples, desc="train set", unit="sample", leave=False, position=1) as sbar:
             dataset.write_training_set(train_items, cfg.spliced_samples, cfg.seed, set_dir / "features", records,
-                                       on_sample=sbar.update)
+                                       long=cfg.long_train, on_sample=sbar.update)
+        recipe_file.write_text(json.dumps(drawn))
     stage("train set", t0)
 
     # ------------------------------------------------------------------ train, export, evaluate both variants
