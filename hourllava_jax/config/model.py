@@ -82,7 +82,9 @@ class LLMConfig:
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 32768
     bos_token_id: int | None = 151643
-    eos_token_id: int | tuple[int, ...] = 151645
+    # None is valid for transformers (a config.json with "eos_token_id": null): then the chat
+    # template's end token <|im_end|>, resolved from the tokenizer, ends a turn (infer/pipeline.py).
+    eos_token_id: int | tuple[int, ...] | None = 151645
     pad_token_id: int | None = 151643
 
     @property
@@ -91,6 +93,9 @@ class LLMConfig:
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
+        """The configured end ids; empty when ``eos_token_id`` is None."""
+        if self.eos_token_id is None:
+            return ()
         return (self.eos_token_id,) if isinstance(self.eos_token_id, int) else tuple(self.eos_token_id)
 
     def validate(self) -> None:

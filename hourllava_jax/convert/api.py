@@ -156,13 +156,16 @@ def save_pretrained(
     dtype: Any = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
+    read: Callable[[ParamPath], np.ndarray] | None = None,
 ) -> Path:
     """Writes ``model`` in the Hugging Face layout (safetensors, sharded past ``max_shard_bytes``).
 
-    Tensors keep their parameter dtype unless ``dtype`` is given. Atomic: on any failure nothing
+    Tensors keep their parameter dtype unless ``dtype`` is given. ``read(path)`` supplies each
+    parameter instead of ``model``, which may then be abstract (``nnx.eval_shape``): export
+    streams a training checkpoint this way, one tensor at a time. Atomic: on any failure nothing
     is left at ``path``.
     """
     hf_config, rules = _hf_config_and_rules(model, config)
     cast = np.dtype(jnp.dtype(dtype)) if dtype is not None else None
-    tensors = ((k, v.astype(cast) if cast is not None else v) for k, v in iter_hf_tensors(model, rules))
+    tensors = ((k, v.astype(cast) if cast is not None else v) for k, v in iter_hf_tensors(model, rules, read=read))
     return write_checkpoint(path, tensors, hf_config, max_shard_bytes=max_shard_bytes, overwrite=overwrite)

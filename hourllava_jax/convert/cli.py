@@ -7,6 +7,9 @@
       release does) and Qwen2 weights with a freshly initialised projector, newline and MemAug.
   hourllava-convert reshard DIR --out DIR [--dtype bfloat16] [--max-shard-gb 5]
       load and write again (dtype change, re-sharding; also a round-trip check).
+  hourllava-convert export --workdir W [--step N] --out DIR [--tokenizer DIR] [--dtype bfloat16]
+      a training run's checkpoint (newest, or --step) as an Hour-LLaVA directory with its tokenizer
+      (hourllava_jax/cli/export.py), ready for launch/answer.py and launch/evaluate.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hourllava_jax.config import HourLlavaConfig, MemAugConfig
+from hourllava_jax.config import ConfigError, HourLlavaConfig, MemAugConfig
 from hourllava_jax.convert.api import load_pretrained, save_pretrained
 from hourllava_jax.convert.mapping import ConversionError
 
@@ -75,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
     p.add_argument("--max-shard-gb", type=float, default=5.0)
+    p = sub.add_parser("export", help="a training workdir's checkpoint -> an Hour-LLaVA HF directory")
+    p.add_argument("--workdir", type=Path, required=True, help="training run directory (train_config.yaml, checkpoints/)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory to copy (default: the run's data.tokenizer)")
+    p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"], help="stored dtype (default: as trained)")
+    p.add_argument("--max-shard-gb", type=float, default=5.0)
+    p.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "inspect":
@@ -82,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "compose":
             out = compose(args.vision, args.llm, args.out, memaug_depth=args.memaug_depth, seed=args.seed, dtype=args.dtype)
             print(f"wrote {out}")
+        elif args.cmd == "export":
+            from hourllava_jax.cli.export import export_workdir
+
+            out = export_workdir(args.workdir, args.out, args.step, tokenizer=args.tokenizer, dtype=args.dtype,
+                                 max_shard_bytes=int(args.max_shard_gb * 1024**3), overwrite=args.overwrite)
+            print(f"wrote {out}")
         else:
             cfg, model = load_pretrained(args.path, dtype=args.dtype or jnp.float32)
             out = save_pretrained(model, cfg, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3))
             print(f"wrote {out}")
-    except ConversionError as e:
+    except (ConversionError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

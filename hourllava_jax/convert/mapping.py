@@ -122,15 +122,29 @@ def params_from_tensors(model: nnx.Module, tensors: Mapping[str, np.ndarray], ru
     load_tensors(model, tensors.__getitem__, tensors.keys(), rules, dtype=dtype, strict=strict, source="tensors")
 
 
-def iter_hf_tensors(model: nnx.Module, rules: list[TensorRule], hf_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_hf_tensors(
+    model: nnx.Module,
+    rules: list[TensorRule],
+    hf_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    read: Callable[[Path], np.ndarray] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yields ``(hf_key, numpy array)`` in rule order, one parameter gathered at a time.
 
     ``hf_shapes`` gives the HF shape of each key; without it, the HF shape is the JAX shape
     permuted back (exact whenever a rule only transposes, which is every rule of this project).
+    ``read(path)``, when given, supplies each parameter instead of ``model`` (which may then be
+    abstract): e.g. one tensor at a time from a training checkpoint.
     """
     params = check_rules(model, rules)
     for r in rules:
-        y = np.asarray(jax.device_get(params[r.path].get_value()))
+        if read is None:
+            y = np.asarray(jax.device_get(params[r.path].get_value()))
+        else:
+            y = np.asarray(read(r.path))
+            want = tuple(params[r.path].get_value().shape)
+            if y.shape != want:
+                raise ConversionError(f"parameter {_path_str(r.path)}: shape {y.shape} read, model expects {want}")
         if hf_shapes is not None and r.hf_key in hf_shapes:
             shape = tuple(hf_shapes[r.hf_key])
         elif r.perm is not None:

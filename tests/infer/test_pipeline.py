@@ -201,6 +201,29 @@ def test_from_pretrained_and_cli_give_the_same_answer(env, checkpoint, capsys):
     assert rc == 2 and "nope.mp4: missing_file" in capsys.readouterr().err
 
 
+def test_null_eos_in_config_falls_back_to_im_end(env, checkpoint, tmp_path, capsys):
+    """``"eos_token_id": null`` is valid for transformers: the answer CLI ends turns at the
+    tokenizer's <|im_end|> (id 2 here, the tiny config's own eos: same answer as before)."""
+    import json
+    import shutil
+
+    from hourllava_jax.config import llm_from_hf_config
+    from hourllava_jax.data.tokenizer import chat_token_ids
+    from hourllava_jax.infer.cli import main
+
+    d, _, _, tok, videos, qa = env
+    ckpt = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+    hf = json.loads((ckpt / "config.json").read_text())
+    hf["eos_token_id"] = None
+    (ckpt / "config.json").write_text(json.dumps(hf))
+    assert llm_from_hf_config(hf).eos_ids == ()
+    loaded = VideoQA.from_pretrained(ckpt)
+    assert loaded.eos_ids == (chat_token_ids(tok).im_end,)
+    ref = qa.answer(videos["a"], Q1, max_new_tokens=N)
+    rc = main(["--checkpoint", str(ckpt), "--video", str(videos["a"]), "--question", Q1, "--max-new-tokens", str(N), "--quiet"])
+    assert rc == 0 and capsys.readouterr().out == f"{ref.text}\n"
+
+
 def test_too_long_prompt_is_an_error_not_a_silent_cut(env):
     import dataclasses
 
