@@ -141,7 +141,7 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
         stage(f"train {name}", t0)
 
         t0 = time.perf_counter()
-        hf = export_workdir(vdir, vdir / "hf")
+        hf = export_workdir(vdir, vdir / "hf", overwrite=True)
         stage(f"export {name}", t0)
 
         t0 = time.perf_counter()
