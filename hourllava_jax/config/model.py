@@ -12,6 +12,7 @@ import math
 from typing import Any, Literal
 
 from hourllava_jax.config.base import ConfigError
+from hourllava_jax.config.tokens import IMAGE_TOKEN_ID
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 AttentionImpl = Literal["auto", "reference", "chunked", "pallas_tpu", "pallas_gpu"]
@@ -141,7 +142,7 @@ class HourLlavaConfig:
     projector_type: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     use_memaug: bool = True  # False: decayed tokens straight into the LLM (paper ablation)
     max_length: int = 32768
-    image_token_id: int = -200  # LLaVA's placeholder id for <image> in tokenized sequences
+    image_token_id: int = IMAGE_TOKEN_ID  # LLaVA's placeholder id for <image> in tokenized sequences
     dtype: Dtype = "float32"  # compute dtype; parameters stay in param_dtype
     param_dtype: Dtype = "float32"
     attention_impl: AttentionImpl = "auto"

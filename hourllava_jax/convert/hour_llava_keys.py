@@ -37,6 +37,7 @@ from hourllava_jax.config import (
     vision_from_hf_config,
     vision_to_hf_config,
 )
+from hourllava_jax.config.tokens import IMAGE_TOKEN_ID
 from hourllava_jax.convert.mapping import TensorRule
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules
 from hourllava_jax.convert.siglip_keys import HOURLLAVA_PREFIX, siglip_hf_rules, siglip_num_layers
@@ -99,7 +100,7 @@ def hour_llava_config_from_hf(hf: dict[str, Any], keys: list[str], shape: Callab
         memory=memory,
         use_memaug=depth > 0,
         max_length=int(hf.get("tokenizer_model_max_length") or ours.get("max_length") or 32768),
-        image_token_id=int(ours.get("image_token_id", -200)),
+        image_token_id=int(ours.get("image_token_id", IMAGE_TOKEN_ID)),
     )
     if NEWLINE_KEY in keys and shape(NEWLINE_KEY) != (llm.hidden_size,):
         raise ConfigError(f"{NEWLINE_KEY}: shape {shape(NEWLINE_KEY)} != ({llm.hidden_size},)")

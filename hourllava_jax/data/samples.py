@@ -37,7 +37,8 @@ import numpy as np
 
 from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data import errors
-from hourllava_jax.data.chat import DEFAULT_IMAGE_TOKEN_ID, tokenize_record
+from hourllava_jax.config.tokens import IMAGE_TOKEN_ID
+from hourllava_jax.data.chat import tokenize_record
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.features import CORRUPT_FEATURES, FeatureStore, feature_key
 from hourllava_jax.data.frames import feature_indices
@@ -93,7 +94,7 @@ class PipelineConfig:
     max_text_tokens: int | None = None
     image_unit_buckets: tuple[int, ...] = (2, 3, 5, 7, 10, 13, 17, 26, 37)
     image_memory_multiple: int = 512
-    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID
+    image_token_id: int = IMAGE_TOKEN_ID
     pad_id: int = 0
     worker_count: int = 0
     worker_buffer_size: int = 2

@@ -20,7 +20,7 @@ import numpy as np
 from hourllava_jax.config import HourLlavaConfig
 from hourllava_jax.demo.dataset import NeedleItem, answer_options, by_length, needle_kept, option_token_ids, to_sample
 from hourllava_jax.model.inputs import collate
-from hourllava_jax.model.splice import IGNORE
+from hourllava_jax.config.tokens import IGNORE_INDEX
 
 # The assistant turn ends "<answer><|im_end|>\n": the answer is the third supervised token from the end.
 _ANSWER_FROM_END = 3
@@ -44,7 +44,7 @@ class Prediction:
 @jax.jit
 def answer_logits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(logits float[B, V] predicting each sample's answer token, that token int32[B])."""
-    sup = labels != IGNORE
+    sup = labels != IGNORE_INDEX
     from_end = jnp.cumsum(sup[:, ::-1], axis=1)[:, ::-1]  # supervised tokens at or after each position
     pos = jnp.argmax(sup & (from_end == _ANSWER_FROM_END), axis=1)
     rows = jnp.arange(labels.shape[0])

@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig
+from hourllava_jax.config.tokens import IGNORE_INDEX
 from hourllava_jax.kernels import BlockSizes
 from hourllava_jax.model.layout import NEWLINE, PAD
 from hourllava_jax.model.memaug import MemAug
@@ -45,7 +46,7 @@ from hourllava_jax.model.memory import pool_frames
 from hourllava_jax.model.projector import Projector
 from hourllava_jax.model.qwen2 import Qwen2
 from hourllava_jax.model.siglip import SiglipVisionTower
-from hourllava_jax.model.splice import IGNORE, LLMInputs, build_query, splice_llm_inputs
+from hourllava_jax.model.splice import LLMInputs, build_query, splice_llm_inputs
 from hourllava_jax.parallel.axes import EMBED, param_init
 
 Batch = dict[str, jax.Array]
@@ -134,7 +135,7 @@ class HourLlava(nnx.Module):
         text = self.llm.embed(jnp.where(ids == cfg.image_token_id, 0, ids))
         b, length = ids.shape
         if "decayed" not in batch:  # text-only batch
-            return LLMInputs(text, labels if labels is not None else jnp.full_like(ids, IGNORE), jnp.broadcast_to(jnp.arange(length), (b, length)), mask)
+            return LLMInputs(text, labels if labels is not None else jnp.full_like(ids, IGNORE_INDEX), jnp.broadcast_to(jnp.arange(length), (b, length)), mask)
         feats = self.visual_features(batch, video=video)
         projected = self.project(feats).reshape(b, -1, cfg.llm.hidden_size)
         memory, mem_valid = self.build_memory(projected, batch["memory_src"], batch.get("memory_w"))
@@ -170,7 +171,7 @@ def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]
     """
     lg = logits[:, :-1].astype(jnp.float32)
     tgt = labels[:, 1:]
-    valid = tgt != IGNORE
+    valid = tgt != IGNORE_INDEX
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.where(valid, tgt, 0))
     n = valid.sum()
     return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(n, 1), n
