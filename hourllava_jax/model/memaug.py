@@ -7,7 +7,8 @@ x = LN2(x + CrossAttn(x, memory, pos_q, pos_kv)) # memory = raw projected tokens
 x = LN3(x + fc2(GELU(fc0(x))))                   # exact GELU, 4H hidden
 ```
 Grouped-query heads, RoPE on the first half of each head (rotate-half), v not rotated, biases
-everywhere. Attribute names map one-to-one onto the release's (``memaug_hf_rules``).
+everywhere. Attribute names map one-to-one onto the release's
+(:func:`hourllava_jax.convert.memaug_keys.memaug_hf_rules`).
 
 Padding: the release runs one unpadded sample at a time; batches here carry ``q_mask`` /
 ``kv_mask`` so a padded batch equals the samples run alone (padded query rows are excluded as
@@ -229,28 +230,6 @@ class MemAug(nnx.Module):
         return x
 
 
-def memaug_hf_rules(cfg: HourLlavaConfig | MemAugDims, prefix: str = "model.vision_resampler.") -> list[tuple[str, tuple, tuple[int, int] | None]]:
-    """(hf_key, nnx state path, perm) for every MemAug parameter.
-
-    perm (1, 0) for Linear weights (torch stores (out, in), flax kernels are (in, out)); None
-    for 1-D tensors. LayerNorm ``weight`` is flax's ``scale``.
-    """
-    dims = MemAugDims.from_config(cfg) if isinstance(cfg, HourLlavaConfig) else cfg
-    linears = [("self_attn.Wqkv", ("self_attn", "Wqkv")), ("self_attn.Wo", ("self_attn", "Wo")),
-               ("cross_attn.Wq", ("cross_attn", "Wq")), ("cross_attn.Wkv", ("cross_attn", "Wkv")),
-               ("cross_attn.Wo", ("cross_attn", "Wo")), ("mlp.0", ("mlp", "fc0")), ("mlp.2", ("mlp", "fc2"))]
-    rules = []
-    for i in range(dims.memaug.depth):
-        base = f"{prefix}layers.{i}."
-        for hf, path in linears:
-            rules.append((f"{base}{hf}.weight", ("layers", i, *path, "kernel"), (1, 0)))
-            rules.append((f"{base}{hf}.bias", ("layers", i, *path, "bias"), None))
-        for n in ("norm1", "norm2", "norm3"):
-            rules.append((f"{base}{n}.weight", ("layers", i, n, "scale"), None))
-            rules.append((f"{base}{n}.bias", ("layers", i, n, "bias"), None))
-    return rules
-
-
 def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """RoPE ids of one sample's MemAug query (SPEC §1.4), on the host.
 
@@ -286,4 +265,4 @@ def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.n
     return pos.astype(np.int32), vis_idx.astype(np.int32)
 
 
-__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "memaug_hf_rules", "query_positions"]
+__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "query_positions"]
