@@ -45,7 +45,7 @@ from hourllava_jax.data.errors import DataError  # noqa: E402
 from hourllava_jax.data.features import FeatureWriter  # noqa: E402
 from hourllava_jax.data.preprocess import normalize  # noqa: E402
 from hourllava_jax.data.video import DEFAULT_TIMEOUT_S, decode_video, probe_video  # noqa: E402
-from hourllava_jax.model.memory import pool_frames  # noqa: E402
+from hourllava_jax.memory.resize import pool_frames  # noqa: E402
 
 log = logging.getLogger("extract_features")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")

@@ -128,6 +128,14 @@ class MemoryConfig:
     def spatial_keep(self) -> int:
         return math.ceil(self.spatial_keep_ratio * self.pool_size**2)
 
+    def validate(self) -> None:
+        # 'question' picks frames by their similarity to the question's embeddings, which exist
+        # only inside the jitted forward; the batched path plans frames on the host before it.
+        _require(not (self.temporal_forgetting and self.temporal_mode == "question"),
+                 "memory.temporal_mode: 'question' is not supported by the batched model (frames are chosen on "
+                 "the host, before the question is embedded); use 'uniform', 'random' or 'keyframe' "
+                 "(the single-sample spec hourllava_jax.memory.reference.build_video_memory implements it)")
+
 
 @dataclasses.dataclass(frozen=True)
 class HourLlavaConfig:
@@ -151,6 +159,7 @@ class HourLlavaConfig:
     def validate(self) -> None:
         self.vision.validate()
         self.llm.validate()
+        self.memory.validate()
         h, n = self.llm.hidden_size, self.llm.num_attention_heads
         _require(h % n == 0, "memaug: LLM hidden_size must divide by its heads (MemAug head_dim = H / heads)")
         d = h // n

@@ -1,4 +1,4 @@
-"""One model input sample and the collation of samples into a padded, static-shape batch.
+"""One model input sample and the collation of samples into the model's padded, static-shape batch.
 
 The batch keys are documented in :mod:`hourllava_jax.model.hour_llava`. Lengths are rounded up
 to multiples (``text_multiple`` etc.) so that batches of similar size share one compiled
@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from hourllava_jax.model.layout import VisualLayout, collate_layouts
 from hourllava_jax.config.tokens import IGNORE_INDEX, IMAGE_TOKEN_ID
+from hourllava_jax.memory.layout import VisualLayout, collate_layouts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,8 +68,8 @@ from hourllava_jax.data.samples import (
     log_once,
 )
 from hourllava_jax.data.sources import RecordSource, TfdsSource
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import PAD, TAPS
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import PAD, TAPS
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One training sample of the grain pipeline: record (+ visual input) -> ``model.inputs.Sample``.
+"""One training sample of the grain pipeline: record (+ visual input) -> ``data.collate.Sample``.
 
 :class:`SampleBuilder` is the per-sample transform behind ``data/pipeline.py``. It serves five
 *kinds* of sample, and a batch never mixes kinds (they differ in the batch keys the model reads):
@@ -44,8 +44,8 @@ from hourllava_jax.data.features import CORRUPT_FEATURES, FeatureStore, feature_
 from hourllava_jax.data.frames import feature_indices
 from hourllava_jax.data.records import Record, image_paths, parse_record, video_path
 from hourllava_jax.data.sources import BROKEN
-from hourllava_jax.model.inputs import Sample
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample
+from hourllava_jax.memory.layout import video_layout
 
 log = logging.getLogger("hourllava_jax.data.pipeline")  # one logger name for the whole pipeline
 

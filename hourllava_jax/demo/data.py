@@ -24,7 +24,7 @@ from hourllava_jax.data.records import Record, load_records, video_path
 from hourllava_jax.data.synthetic import NEEDLE_COLOURS, corpus_texts, make_needle_dataset
 from hourllava_jax.data.tokenizer import build_tokenizer, load_tokenizer
 from hourllava_jax.data.video import decode_video
-from hourllava_jax.model.memory import pool_frames
+from hourllava_jax.memory.resize import pool_frames
 from hourllava_jax.model.siglip import SiglipVisionTower
 
 RECORDS = "needle.jsonl"

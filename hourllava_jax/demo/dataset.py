@@ -1,4 +1,4 @@
-"""Needle records + stored features -> model :class:`~hourllava_jax.model.inputs.Sample`s.
+"""Needle records + stored features -> model :class:`~hourllava_jax.data.collate.Sample`s.
 
 A needle item is one video's features float32[T, p², C] (T = seconds at 1 FPS), its question
 and its answer, tokenized exactly as training data (SPEC §3: time instruction, ChatML, labels).
@@ -32,8 +32,8 @@ from hourllava_jax.data.chat import tokenize_record
 from hourllava_jax.data.features import FeatureStore, feature_key
 from hourllava_jax.data.records import Record, Turn
 from hourllava_jax.data.synthetic import LETTERS, NEEDLE_COLOURS, NEEDLE_QUESTION
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
 
 ANSWER_FORMATS = ("letter", "word")
 

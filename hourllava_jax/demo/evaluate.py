@@ -19,7 +19,7 @@ import numpy as np
 
 from hourllava_jax.config import HourLlavaConfig
 from hourllava_jax.demo.dataset import NeedleItem, answer_options, by_length, needle_kept, option_token_ids, to_sample
-from hourllava_jax.model.inputs import collate
+from hourllava_jax.data.collate import collate
 from hourllava_jax.config.tokens import IGNORE_INDEX
 
 # The assistant turn ends "<answer><|im_end|>\n": the answer is the third supervised token from the end.

@@ -1,88 +1,32 @@
-"""The video memory repository and its decayed tokens (SPEC §1.2–1.3), as pure array functions.
+"""The memory stage's executable specification: one sample at a time, written as the paper and
+the release describe it (SPEC §1.2–1.6). Nothing in training or inference runs this module; the
+tests compare it against the batched path (:mod:`~hourllava_jax.memory.layout` on the host plus
+:mod:`~hourllava_jax.memory.gather` in the graph), which must give the same memory, the same
+decayed tokens and the same positions.
 
-Flow for one video: SigLIP features float[T, 27, 27, C] -> :func:`pool_frames` (bilinear to
-p x p, before the projector) -> projector -> :func:`repeat_to_min_frames` (T < 128 -> 128) ->
-:func:`build_video_memory`, which returns the memory (keys/values of MemAug's cross-attention)
-and the decayed tokens (the visual part of MemAug's query), each with its RoPE position ids.
-
-Static shapes: everything here is jittable for a fixed T (frame-count buckets give the static
-shapes); only ``uniform`` temporal indices are computed on the host, from T alone.
+* Video: projected, pooled frame tokens -> :func:`build_video_memory` (repetition to
+  ``min_frames``, memory = frames with a newline each, spatial/temporal forgetting; also the
+  ``question`` temporal mode, which the batched path rejects).
+* One anyres image: :func:`anyres_grid_features` (unpad, downscale) -> :func:`build_anyres_memory`.
+* Several images: :func:`build_multi_image_memory`.
+* The MemAug query's RoPE ids: :func:`query_positions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hourllava_jax.config import MemoryConfig
-from hourllava_jax.model.forgetting import spatial_keep_indices, temporal_frame_indices
-
-
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """float32[n_out, n_in] weights of torch's bilinear interpolation, align_corners=False.
-
-    torch: src = (dst + 0.5) * n_in / n_out - 0.5, clamped at 0; i1 = min(i0 + 1, n_in - 1).
-    """
-    # float32 as torch's kernel computes it: a float32 scale, then one fused multiply-add
-    # (emulated exactly in float64, rounded once), so the weights agree to the last bit.
-    scale = np.float64(np.float32(n_in) / np.float32(n_out))
-    src = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0.astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), 1.0 - lam)
-    np.add.at(m, (np.arange(n_out), i1), lam)
-    return m
-
-
-def bilinear_resize(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
-    """float[..., h, w, C] -> float[..., out_h, out_w, C], equal to
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (no antialias).
-
-    Separable: two small interpolation matrices, so it is a pair of matmuls (fast, exact).
-    """
-    h, w = x.shape[-3], x.shape[-2]
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"bilinear_resize: output size ({out_h}, {out_w}) must be positive")
-    mh = jnp.asarray(_bilinear_matrix(h, out_h))
-    mw = jnp.asarray(_bilinear_matrix(w, out_w))
-    y = jnp.einsum("ah,...hwc->...awc", mh, x.astype(jnp.float32), precision="highest")
-    y = jnp.einsum("bw,...awc->...abc", mw, y, precision="highest")
-    return y.astype(x.dtype)
-
-
-def pool_frames(features: jax.Array, size: int) -> jax.Array:
-    """Per-frame bilinear resize (SPEC §1.2): float[T, g, g, C] or float[T, g*g, C] -> float[T, size*size, C]."""
-    if features.ndim == 3:
-        g = int(round(features.shape[1] ** 0.5))
-        if g * g != features.shape[1]:
-            raise ValueError(f"pool_frames: {features.shape[1]} tokens per frame is not a square grid")
-        features = features.reshape(features.shape[0], g, g, features.shape[-1])
-    if features.ndim != 4:
-        raise ValueError(f"pool_frames: expected float[T, g, g, C] or float[T, g*g, C], got {features.shape}")
-    out = bilinear_resize(features, size, size)
-    return out.reshape(features.shape[0], size * size, features.shape[-1])
-
-
-def repeat_indices(num_frames: int, min_frames: int) -> np.ndarray:
-    """Frame indices bringing T < min_frames up to min_frames: ``np.linspace(0, T-1, min_frames,
-    dtype=int)`` (truncation, as the release); identity when T >= min_frames or min_frames == 0."""
-    if num_frames < 1:
-        raise ValueError(f"need at least one frame, got {num_frames}")
-    if num_frames >= min_frames:
-        return np.arange(num_frames, dtype=np.int32)
-    return np.linspace(0, num_frames - 1, min_frames, dtype=int).astype(np.int32)
-
-
-def repeat_to_min_frames(x: jax.Array, min_frames: int) -> jax.Array:
-    """float[T, ...] -> float[max(T, min_frames), ...] (SPEC §1.2)."""
-    return x[repeat_indices(x.shape[0], min_frames)]
+from hourllava_jax.memory.forgetting import spatial_keep_indices, temporal_frame_indices
+from hourllava_jax.memory.image_grid import Size, base_position_ids, insert_row_newlines, unpad_slices
+from hourllava_jax.memory.resize import bilinear_resize, repeat_to_min_frames
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -143,4 +87,160 @@ def build_video_memory(frame_tokens: jax.Array, newline: jax.Array, cfg: MemoryC
     return VideoMemory(memory, memory_positions, decayed.reshape(-1, h), pos.reshape(-1), frames, tokens)
 
 
-__all__ = ["VideoMemory", "bilinear_resize", "build_video_memory", "pool_frames", "repeat_indices", "repeat_to_min_frames"]
+# ------------------------------------------------------------------------------ images
+
+
+def anyres_grid_features(crop_feats: jax.Array, num_patches: Size, image_size: Size, max_crops: int = 9) -> jax.Array:
+    """Crop features -> the unpadded (and possibly downscaled) grid (SPEC §1.6).
+
+    Args:
+      crop_feats: float[nph*npw, g*g, C], crops row-major (the base image excluded).
+      num_patches: (npw, nph) from :func:`anyres_grid_shape`.
+      image_size: original (width, height).
+    Returns:
+      float[h, w, C]; bilinear-resized to (int(h // s), int(w // s)) when
+      s = sqrt(h*w / (max_crops*g²)) > 1.1.
+    """
+    npw, nph = num_patches
+    n, gg, c = crop_feats.shape
+    g = int(round(gg**0.5))
+    if n != npw * nph or g * g != gg:
+        raise ValueError(f"anyres: {crop_feats.shape} is not {nph}x{npw} crops of a square grid")
+    grid = crop_feats.reshape(nph, npw, g, g, c).transpose(0, 2, 1, 3, 4).reshape(nph * g, npw * g, c)
+    rows, cols = unpad_slices(nph * g, npw * g, image_size)
+    grid = grid[rows, cols]
+    h, w = grid.shape[:2]
+    times = math.sqrt(h * w / (max_crops * g * g))
+    if times > 1.1:
+        grid = bilinear_resize(grid, int(h // times), int(w // times))
+    return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMemory:
+    """One single image's memory and query (SPEC §1.6).
+
+    memory: float[g² + h*(w+1), H]: base tokens, then grid rows each followed by the newline.
+    memory_positions: int32[same]: base ids, then grid ids arange(h*w) with every newline = h*w.
+    query: float[Q, H]: kept base tokens, then kept grid tokens with a newline at every row
+      change and one final newline. query_positions: int32[Q], their memory ids.
+    """
+
+    memory: jax.Array
+    memory_positions: jax.Array
+    query: jax.Array
+    query_positions: jax.Array
+
+
+def build_anyres_memory(base: jax.Array, grid: jax.Array, newline: jax.Array, *, keep_ratio: float = 0.25,
+                        mode: str = "random", rng: jax.Array | None = None) -> ImageMemory:
+    """Memory and query of one anyres image.
+
+    Args:
+      base: float[g, g, H] or float[g*g, H] base-image tokens; grid: float[h, w, H] from
+        :func:`anyres_grid_features` (after the projector); newline: float[H].
+      keep_ratio / mode / rng: spatial forgetting (``random`` keeps ceil(ratio*n) of each part).
+    """
+    h, w, dim = grid.shape
+    if base.ndim == 2:
+        g = int(round(base.shape[0] ** 0.5))
+        base = base.reshape(g, g, dim)
+    g = base.shape[0]
+    if base.shape != (g, g, dim) or newline.shape != (dim,):
+        raise ValueError(f"anyres memory: base {base.shape}, grid {grid.shape}, newline {newline.shape} disagree")
+    base_ids = base_position_ids(h, w, g).reshape(-1)
+    nl_id = h * w
+    grid_ids = np.concatenate([np.arange(h * w).reshape(h, w), np.full((h, 1), nl_id)], axis=1).reshape(-1)
+    nl = newline.astype(grid.dtype)
+    grid_nl = jnp.concatenate([grid, jnp.broadcast_to(nl, (h, 1, dim))], axis=1).reshape(-1, dim)
+    memory = jnp.concatenate([base.reshape(-1, dim), grid_nl], axis=0)
+    memory_positions = jnp.asarray(np.concatenate([base_ids, grid_ids]), jnp.int32)
+
+    k_base, k_grid = jax.random.split(rng) if rng is not None else (None, None)
+    sel_b = np.asarray(spatial_keep_indices(1, g, g, keep_ratio, mode, k_base))[0]
+    sel_g = np.asarray(spatial_keep_indices(1, h, w, keep_ratio, mode, k_grid))[0]
+    with_nl = insert_row_newlines(sel_g, w)  # grid ids, -1 = newline
+    flat_grid = jnp.concatenate([grid.reshape(-1, dim), nl[None]], axis=0)  # index h*w = newline
+    gather = np.where(with_nl < 0, h * w, with_nl)
+    query = jnp.concatenate([base.reshape(-1, dim)[sel_b], flat_grid[gather]], axis=0)
+    query_positions = np.concatenate([base_ids[sel_b], np.where(with_nl < 0, nl_id, with_nl)])
+    return ImageMemory(memory, memory_positions, query, jnp.asarray(query_positions, jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiImageMemory:
+    """N images of g² tokens (SPEC §1.6, also the single-crop image with N = 1).
+
+    memory: float[N*(g²+1), H], each image's tokens then the newline; memory_positions: image n's
+    tokens n*g² + arange(g²), every newline N*g². query: float[N, k+1, H], each image's kept
+    tokens then the newline (one block per ``<image>`` placeholder); query_positions: int32[N, k+1].
+    """
+
+    memory: jax.Array
+    memory_positions: jax.Array
+    query: jax.Array
+    query_positions: jax.Array
+
+
+def build_multi_image_memory(images: jax.Array, newline: jax.Array, *, keep_ratio: float = 0.25,
+                             mode: str = "random", rng: jax.Array | None = None) -> MultiImageMemory:
+    """images float[N, g*g, H] (or [N, g, g, H]); newline float[H]. Jittable (static shapes)."""
+    if images.ndim == 4:
+        images = images.reshape(images.shape[0], -1, images.shape[-1])
+    n, gg, dim = images.shape
+    g = int(round(gg**0.5))
+    if g * g != gg or newline.shape != (dim,):
+        raise ValueError(f"multi-image memory: images {images.shape} / newline {newline.shape} invalid")
+    nl = jnp.broadcast_to(newline.astype(images.dtype), (n, 1, dim))
+    memory = jnp.concatenate([images, nl], axis=1).reshape(-1, dim)
+    ids = jnp.arange(n * gg, dtype=jnp.int32).reshape(n, gg)
+    nl_id = jnp.full((n, 1), n * gg, jnp.int32)
+    memory_positions = jnp.concatenate([ids, nl_id], axis=1).reshape(-1)
+    sel = spatial_keep_indices(n, g, g, keep_ratio, mode, rng)  # [N, k]
+    query = jnp.concatenate([jnp.take_along_axis(images, sel[..., None], axis=1), nl], axis=1)
+    query_positions = jnp.concatenate([jnp.take_along_axis(ids, sel, axis=1), nl_id], axis=1)
+    return MultiImageMemory(memory, memory_positions, query, query_positions)
+
+
+# ------------------------------------------------------------------------------ the MemAug query
+
+
+def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """RoPE ids of one sample's MemAug query (SPEC §1.4), on the host.
+
+    The query is text segment 0, visual block 0, text segment 1, ..., text segment n. Each text
+    segment continues from the running maximum id; each visual block is its memory ids shifted
+    by (running maximum + 1), so a decayed token sits a constant offset ahead of its memory entry.
+
+    Args:
+      text_lengths: n+1 kept-text lengths (tokens with label -100; the whole prompt at inference).
+      visual_positions: n int arrays, the memory ids of each placeholder's query tokens
+        (``VideoMemory.decayed_positions``, ``ImageMemory.query_positions``, ...).
+    Returns:
+      positions int32[sum of all lengths]; visual_index int32[sum of visual lengths], where the
+      visual tokens sit in the query (MemAug's output rows that replace the placeholders).
+    """
+    if len(text_lengths) != len(visual_positions) + 1:
+        raise ValueError(f"query_positions: {len(text_lengths)} text segments for {len(visual_positions)} visual blocks (need n+1 for n)")
+    parts, visual_index, maxp, n = [], [], -1, 0
+    for i, length in enumerate(text_lengths):
+        if length < 0:
+            raise ValueError(f"query_positions: negative text length {length}")
+        parts.append(np.arange(length, dtype=np.int64) + maxp + 1)
+        maxp, n = (maxp + length if length else maxp), n + length
+        if i < len(visual_positions):
+            vis = np.asarray(visual_positions[i], np.int64).reshape(-1)
+            if vis.size and vis.min() < 0:
+                raise ValueError("query_positions: memory ids must be non-negative")
+            parts.append(vis + maxp + 1)
+            visual_index.append(np.arange(vis.size) + n)
+            maxp, n = (max(maxp, int(parts[-1].max())) if vis.size else maxp), n + vis.size
+    pos = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+    vis_idx = np.concatenate(visual_index) if visual_index else np.zeros((0,), np.int64)
+    return pos.astype(np.int32), vis_idx.astype(np.int32)
+
+
+__all__ = [
+    "ImageMemory", "MultiImageMemory", "VideoMemory", "anyres_grid_features", "build_anyres_memory",
+    "build_multi_image_memory", "build_video_memory", "query_positions",
+]

@@ -18,11 +18,9 @@ self-attention keys, padded memory rows as cross-attention keys; padded output r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig, MemAugConfig
@@ -230,39 +228,4 @@ class MemAug(nnx.Module):
         return x
 
 
-def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """RoPE ids of one sample's MemAug query (SPEC §1.4), on the host.
-
-    The query is text segment 0, visual block 0, text segment 1, ..., text segment n. Each text
-    segment continues from the running maximum id; each visual block is its memory ids shifted
-    by (running maximum + 1), so a decayed token sits a constant offset ahead of its memory entry.
-
-    Args:
-      text_lengths: n+1 kept-text lengths (tokens with label -100; the whole prompt at inference).
-      visual_positions: n int arrays, the memory ids of each placeholder's query tokens
-        (``VideoMemory.decayed_positions``, ``ImageMemory.query_positions``, ...).
-    Returns:
-      positions int32[sum of all lengths]; visual_index int32[sum of visual lengths], where the
-      visual tokens sit in the query (MemAug's output rows that replace the placeholders).
-    """
-    if len(text_lengths) != len(visual_positions) + 1:
-        raise ValueError(f"query_positions: {len(text_lengths)} text segments for {len(visual_positions)} visual blocks (need n+1 for n)")
-    parts, visual_index, maxp, n = [], [], -1, 0
-    for i, length in enumerate(text_lengths):
-        if length < 0:
-            raise ValueError(f"query_positions: negative text length {length}")
-        parts.append(np.arange(length, dtype=np.int64) + maxp + 1)
-        maxp, n = (maxp + length if length else maxp), n + length
-        if i < len(visual_positions):
-            vis = np.asarray(visual_positions[i], np.int64).reshape(-1)
-            if vis.size and vis.min() < 0:
-                raise ValueError("query_positions: memory ids must be non-negative")
-            parts.append(vis + maxp + 1)
-            visual_index.append(np.arange(vis.size) + n)
-            maxp, n = (max(maxp, int(parts[-1].max())) if vis.size else maxp), n + vis.size
-    pos = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
-    vis_idx = np.concatenate(visual_index) if visual_index else np.zeros((0,), np.int64)
-    return pos.astype(np.int32), vis_idx.astype(np.int32)
-
-
-__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "query_positions"]
+__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention"]

@@ -14,7 +14,7 @@ from hourllava_jax.data import errors, synthetic
 from hourllava_jax.data.features import FeatureStore, read_failed
 from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.data.video import decode_video, probe_video
-from hourllava_jax.model.memory import pool_frames
+from hourllava_jax.memory.resize import pool_frames
 from hourllava_jax.model.siglip import SiglipVisionTower
 
 _spec = importlib.util.spec_from_file_location("extract_features", Path(__file__).parents[2] / "launch" / "extract_features.py")

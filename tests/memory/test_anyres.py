@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hourllava_jax.model.anyres import (
-    anyres_grid_features, anyres_grid_shape, anyres_image_crops, base_position_ids, build_anyres_memory,
-    build_multi_image_memory, expand_to_square, grid_pinpoints, resize_and_pad_image, torch_linspace_f32,
-)
+from hourllava_jax.data.anyres import anyres_grid_shape, anyres_image_crops, expand_to_square, grid_pinpoints, resize_and_pad_image
+from hourllava_jax.memory.image_grid import base_position_ids, torch_linspace_f32
+from hourllava_jax.memory.reference import anyres_grid_features, build_anyres_memory, build_multi_image_memory
 
 
 # ------------------------------------------------------------------ best resolution

@@ -14,7 +14,8 @@ from flax import nnx
 from hourllava_jax.config import MemAugConfig, load_model_config
 from hourllava_jax.convert.mapping import TensorRule
 from hourllava_jax.convert.memaug_keys import memaug_hf_rules
-from hourllava_jax.model.memaug import MemAug, MemAugDims, query_positions
+from hourllava_jax.memory.reference import query_positions
+from hourllava_jax.model.memaug import MemAug, MemAugDims
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the reference importable
 
@@ -188,7 +189,7 @@ def test_memory_parallel_cross_attention_matches():
 
 def test_video_memory_through_memaug_tiny():
     """The tiny preset end to end: frame tokens -> memory + decayed tokens -> query ids -> MemAug."""
-    from hourllava_jax.model.memory import build_video_memory
+    from hourllava_jax.memory.reference import build_video_memory
 
     cfg = load_model_config("tiny")
     h, p2 = cfg.llm.hidden_size, cfg.memory.pool_size**2
