@@ -1,7 +1,7 @@
 """The demo's settings in one frozen dataclass: datasets, answer format, model tweaks, recipe.
 
-``demo_config(quick)`` returns the full run (<= 15 min on 2 uncontended cores) or the smoke run
-(~2 min). The values are the ones prototyping found to learn within that budget (docs/demo.md).
+``demo_config(quick)`` returns the full run or the smoke run; docs/demo.md gives their budgets
+and why these values.
 """
 
 from __future__ import annotations

@@ -71,10 +71,10 @@ class NeedleItem:
 class FeatureNorm:
     """Per-channel standardisation of the frozen tower's features, float32[C] each.
 
-    The demo's tower is randomly initialised: its outputs share a large common offset (mean |x|
-    ~1.2 against a spread of ~1.3 per channel), which slowed the first layers' learning ~2x in
-    prototyping. Standardising with training-set statistics is an affine map in front of the
-    projector's first Linear, i.e. only a data-dependent re-initialisation of that layer.
+    The demo's tower is randomly initialised: its outputs share a large common offset, which
+    slows the first layers' learning (docs/demo.md). Standardising with training-set statistics
+    is an affine map in front of the projector's first Linear, i.e. only a data-dependent
+    re-initialisation of that layer.
     """
 
     mean: np.ndarray
@@ -183,8 +183,7 @@ def training_batches(items: Sequence[NeedleItem], tokenizer, cfg: HourLlavaConfi
     of it, each given the needle frame of a random training video at a random second.
 
     Mixing matters: with a few hundred videos, a fixed (haystack -> colour) pairing is
-    memorised (prototype: 32 videos, train loss 0.007, held-out accuracy below chance on
-    dropped needles), which also lets the control "answer" without seeing the needle."""
+    memorised (docs/demo.md), which also lets the control "answer" without seeing the needle."""
     rng = np.random.default_rng(seed)
     groups = by_length(items)
     lengths = list(groups)

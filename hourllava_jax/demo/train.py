@@ -38,7 +38,7 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """What the demo trains with (the values found by prototyping are the defaults)."""
+    """What the demo trains with (why these values: docs/demo.md)."""
 
     steps: int = 1500
     batch_size: int = 16
@@ -49,7 +49,7 @@ class Recipe:
     grad_clip: float = 1.0
     # Adam's second-moment decay. With 0.999 the large gradients of the first steps (while the
     # chat-format tokens are learned) keep shrinking later updates for ~1000 steps; 0.95 forgets
-    # them in ~20. A small gain in prototyping (docs/demo.md), kept.
+    # them in ~20 (docs/demo.md).
     b2: float = 0.95
 
     def train_config(self) -> TrainConfig:
