@@ -95,7 +95,7 @@ def anyres_grid_features(crop_feats: jax.Array, num_patches: Size, image_size: S
 
     Args:
       crop_feats: float[nph*npw, g*g, C], crops row-major (the base image excluded).
-      num_patches: (npw, nph) from :func:`anyres_grid_shape`.
+      num_patches: (npw, nph) from :func:`~hourllava_jax.data.anyres.anyres_grid_shape`.
       image_size: original (width, height).
     Returns:
       float[h, w, C]; bilinear-resized to (int(h // s), int(w // s)) when
