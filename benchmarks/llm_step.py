@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak import best_time, measure_matmul_peak  # noqa: E402
 
-from hourllava_jax.config.model import LLMConfig, llm_to_hf_config  # noqa: E402
+from hourllava_jax.config.model import LLMConfig  # noqa: E402
+from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
 from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
 from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402

@@ -33,7 +33,7 @@ from flax import nnx
 
 from hourllava_jax.config import MemAugConfig, MemoryConfig
 from hourllava_jax.model.memaug import MemAug, MemAugDims
-from hourllava_jax.model.memory import build_video_memory
+from hourllava_jax.memory.reference import build_video_memory
 
 TEXT_TOKENS = 64  # a short prompt; the n0 = 8 prefix sits before the decayed tokens (SPEC §1.4)
 H_3B, HEADS_3B, KV_3B = 2048, 16, 2

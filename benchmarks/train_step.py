@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak import measure_matmul_peak  # noqa: E402
 
-from hourllava_jax.model.inputs import Sample, collate  # noqa: E402
-from hourllava_jax.model.layout import video_layout  # noqa: E402
+from hourllava_jax.data.collate import Sample, collate  # noqa: E402
+from hourllava_jax.memory.layout import video_layout  # noqa: E402
 from hourllava_jax.parallel.mesh import make_mesh  # noqa: E402
 from hourllava_jax.parallel.rules import use_rules  # noqa: E402
 from hourllava_jax.train import distributed  # noqa: E402

@@ -1,9 +1,11 @@
 """hourllava_jax: Hour-LLaVA (VideoMarathon) in JAX / Flax NNX.
 
 Subpackages, in the direction data flows: ``data`` (records, video, features, pipelines) ->
-``model`` (SigLIP, projector, memory and forgetting, MemAug, Qwen2, HourLlava) -> ``train`` /
-``infer`` / ``eval``; ``kernels`` (attention), ``parallel`` (meshes, logical axes), ``convert``
-(Hugging Face checkpoints), ``config`` (typed configs).
+``memory`` (the memory stage: host layout, in-graph gather, forgetting, the reference) ->
+``model`` (SigLIP, projector, MemAug, Qwen2, HourLlava) -> ``train`` / ``infer`` / ``eval``;
+``kernels`` (attention), ``parallel`` (meshes, logical axes), ``convert`` (Hugging Face
+checkpoints and config.json), ``config`` (typed configs). Imports flow the other way; see
+docs/model.md, "Layout".
 """
 
 from __future__ import annotations

@@ -12,10 +12,6 @@ from hourllava_jax.config.model import (
     MemAugConfig,
     MemoryConfig,
     VisionConfig,
-    llm_from_hf_config,
-    llm_to_hf_config,
-    vision_from_hf_config,
-    vision_to_hf_config,
 )
 
 
@@ -53,6 +49,6 @@ def load_model_config(name_or_path: str | Path = "tiny", overrides: list[str] | 
 
 __all__ = [
     "ConfigError", "HourLlavaConfig", "LLMConfig", "MemAugConfig", "MemoryConfig", "VisionConfig",
-    "apply_overrides", "config_dir", "from_dict", "load_model_config", "load_yaml", "llm_from_hf_config",
-    "llm_to_hf_config", "resolve_config_path", "save_yaml", "to_dict", "vision_from_hf_config", "vision_to_hf_config",
+    "apply_overrides", "config_dir", "from_dict", "load_model_config", "load_yaml", "resolve_config_path",
+    "save_yaml", "to_dict",
 ]

@@ -1,17 +1,16 @@
 """Model configs: SigLIP vision tower, Qwen2 LLM, MemAug, the video/image memory rules, and the
-whole Hour-LLaVA model (SPEC §1). Presets live in ``configs/model/*.yaml``.
-
-``from_hf_config`` / ``to_hf_config`` map Hugging Face ``config.json`` dicts (Qwen2ForCausalLM,
-SiglipVisionModel, LLaVA-NeXT-style Hour-LLaVA) to these classes and back.
+whole Hour-LLaVA model (SPEC §1). Presets live in ``configs/model/*.yaml``; the mappings from
+and to Hugging Face ``config.json`` dicts are in :mod:`hourllava_jax.convert.hf_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Literal
 
 from hourllava_jax.config.base import ConfigError
+from hourllava_jax.config.tokens import IMAGE_TOKEN_ID
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 AttentionImpl = Literal["auto", "reference", "chunked", "pallas_tpu", "pallas_gpu"]
@@ -134,6 +133,14 @@ class MemoryConfig:
     def spatial_keep(self) -> int:
         return math.ceil(self.spatial_keep_ratio * self.pool_size**2)
 
+    def validate(self) -> None:
+        # 'question' picks frames by their similarity to the question's embeddings, which exist
+        # only inside the jitted forward; the batched path plans frames on the host before it.
+        _require(not (self.temporal_forgetting and self.temporal_mode == "question"),
+                 "memory.temporal_mode: 'question' is not supported by the batched model (frames are chosen on "
+                 "the host, before the question is embedded); use 'uniform', 'random' or 'keyframe' "
+                 "(the single-sample spec hourllava_jax.memory.reference.build_video_memory implements it)")
+
 
 @dataclasses.dataclass(frozen=True)
 class HourLlavaConfig:
@@ -146,7 +153,7 @@ class HourLlavaConfig:
     projector_type: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     use_memaug: bool = True  # False: decayed tokens straight into the LLM (paper ablation)
     max_length: int = 32768
-    image_token_id: int = -200  # LLaVA's placeholder id for <image> in tokenized sequences
+    image_token_id: int = IMAGE_TOKEN_ID  # LLaVA's placeholder id for <image> in tokenized sequences
     dtype: Dtype = "float32"  # compute dtype; parameters stay in param_dtype
     param_dtype: Dtype = "float32"
     attention_impl: AttentionImpl = "auto"
@@ -157,121 +164,8 @@ class HourLlavaConfig:
     def validate(self) -> None:
         self.vision.validate()
         self.llm.validate()
+        self.memory.validate()
         h, n = self.llm.hidden_size, self.llm.num_attention_heads
         _require(h % n == 0, "memaug: LLM hidden_size must divide by its heads (MemAug head_dim = H / heads)")
         d = h // n
         _require(int(d * self.memaug.rotary_fraction) % 2 == 0, f"memaug: rotary dim {d * self.memaug.rotary_fraction} must be even")
-
-
-# ----------------------------------------------------------------------------------------------
-# Hugging Face config.json mapping
-# ----------------------------------------------------------------------------------------------
-
-
-def _rope_theta(hf: dict[str, Any]) -> float:
-    if "rope_theta" in hf:
-        return float(hf["rope_theta"])
-    params = hf.get("rope_parameters") or {}
-    if isinstance(params, dict) and "rope_theta" in params:
-        return float(params["rope_theta"])
-    return 10000.0
-
-
-def llm_from_hf_config(hf: dict[str, Any]) -> LLMConfig:
-    """Qwen2 ``config.json`` (``Qwen2ForCausalLM`` or an LLaVA-NeXT checkpoint's top level)."""
-    rope = hf.get("rope_scaling") or (hf.get("rope_parameters") or {})
-    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise ConfigError(f"llm: rope scaling {rope!r} is not supported (only default RoPE)")
-    if hf.get("use_sliding_window"):
-        raise ConfigError("llm: sliding-window attention is not supported")
-    heads = hf["num_attention_heads"]
-    eos = hf.get("eos_token_id", 151645)
-    cfg = LLMConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") if hf.get("head_dim") not in (None, hf["hidden_size"] // heads) else None,
-        rope_theta=_rope_theta(hf),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=hf.get("max_position_embeddings", 32768),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-        pad_token_id=hf.get("pad_token_id"),
-    )
-    cfg.validate()
-    return cfg
-
-
-def llm_to_hf_config(cfg: LLMConfig) -> dict[str, Any]:
-    return {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.kv_head_dim,
-        "hidden_act": "silu",
-        "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "use_sliding_window": False,
-        "attention_dropout": 0.0,
-    }
-
-
-def vision_from_hf_config(hf: dict[str, Any], *, truncated: bool = False) -> VisionConfig:
-    """SigLIP ``config.json`` (``SiglipVisionModel``, or the ``vision_config`` of a ``SiglipModel``).
-
-    ``truncated`` is True for the tower inside an Hour-LLaVA checkpoint, whose last layer the
-    release already deleted: its output is then the last held layer.
-    """
-    hf = hf.get("vision_config", hf)
-    if hf.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ConfigError(f"vision: activation {hf.get('hidden_act')!r} is not supported (SigLIP uses gelu_pytorch_tanh)")
-    cfg = VisionConfig(
-        hidden_size=hf.get("hidden_size", 768),
-        intermediate_size=hf.get("intermediate_size", 3072),
-        num_hidden_layers=hf.get("num_hidden_layers", 12),
-        # Our exports record the tower's own choice; otherwise the release's rule.
-        feature_layer=int(hf.get("hourllava_feature_layer", -1 if truncated else -2)),
-        num_attention_heads=hf.get("num_attention_heads", 12),
-        num_channels=hf.get("num_channels", 3),
-        image_size=hf.get("image_size", 224),
-        patch_size=hf.get("patch_size", 16),
-        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-6)),
-        has_post_layernorm=True,
-        vision_use_head=bool(hf.get("vision_use_head", True)) and not truncated,
-    )
-    cfg.validate()
-    return cfg
-
-
-def vision_to_hf_config(cfg: VisionConfig) -> dict[str, Any]:
-    return {
-        "architectures": ["SiglipVisionModel"],
-        "model_type": "siglip_vision_model",
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_channels": cfg.num_channels,
-        "image_size": cfg.image_size,
-        "patch_size": cfg.patch_size,
-        "hidden_act": "gelu_pytorch_tanh",
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "attention_dropout": 0.0,
-        "vision_use_head": cfg.vision_use_head,
-        # Not an HF field: which hidden state the tower outputs, so a truncated tower round-trips.
-        "hourllava_feature_layer": cfg.feature_layer,
-    }

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hourllava_jax.config import (
-    HourLlavaConfig,
-    LLMConfig,
-    VisionConfig,
+from hourllava_jax.config import HourLlavaConfig, LLMConfig, VisionConfig
+from hourllava_jax.convert.hf_config import (
+    hour_llava_config_from_hf,
+    hour_llava_to_hf_config,
     llm_from_hf_config,
     llm_to_hf_config,
     vision_from_hf_config,
@@ -124,7 +124,7 @@ def load_pretrained(
             model = _build_vision(cfg, compute, param_dtype)
             rules = _vision_rules(cfg, prefix)
         else:
-            from hourllava_jax.convert.hour_llava_keys import build_hour_llava, hour_llava_config_from_hf, hour_llava_hf_rules
+            from hourllava_jax.convert.hour_llava_keys import build_hour_llava, hour_llava_hf_rules
 
             cfg = hour_llava_config_from_hf(hf, keys, reader.shape)
             model = build_hour_llava(cfg, compute, param_dtype)
@@ -142,7 +142,7 @@ def _hf_config_and_rules(model: nnx.Module, config: Any) -> tuple[dict[str, Any]
         # Saved as transformers does for a SiglipVisionModel: keys under ``vision_model.``.
         return vision_to_hf_config(config), _vision_rules(config, "vision_model.")
     if isinstance(config, HourLlavaConfig):
-        from hourllava_jax.convert.hour_llava_keys import hour_llava_hf_rules, hour_llava_to_hf_config
+        from hourllava_jax.convert.hour_llava_keys import hour_llava_hf_rules
 
         return hour_llava_to_hf_config(config), hour_llava_hf_rules(config)
     raise ConversionError(f"save_pretrained: unsupported config type {type(config).__name__}")

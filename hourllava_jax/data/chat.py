@@ -25,11 +25,10 @@ import numpy as np
 
 from hourllava_jax.data import errors
 from hourllava_jax.data.errors import DataError
+from hourllava_jax.config.tokens import IGNORE_INDEX, IMAGE_TOKEN_ID
 from hourllava_jax.data.records import IMAGE_TOKEN, Record, Turn
 from hourllava_jax.data.tokenizer import IM_END, IM_START, chat_token_ids
 
-IGNORE_INDEX = -100
-DEFAULT_IMAGE_TOKEN_ID = -200  # LLaVA's IMAGE_TOKEN_INDEX; the model config's `image_token_id`
 SYSTEM_PROMPT = "You are a helpful assistant."
 ROLES = {"human": "user", "gpt": "assistant"}
 TIME_INSTRUCTION = (
@@ -107,7 +106,7 @@ def render_chatml(turns: Sequence[Turn], system_prompt: str = SYSTEM_PROMPT) -> 
 def tokenize_turns(
     turns: Sequence[Turn],
     tokenizer,
-    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+    image_token_id: int = IMAGE_TOKEN_ID,
     system_prompt: str = SYSTEM_PROMPT,
     where: str = "",
 ) -> TokenizedConversation:
@@ -158,7 +157,7 @@ def tokenize_record(
     *,
     seconds: float | None = None,
     n_frames: int | None = None,
-    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+    image_token_id: int = IMAGE_TOKEN_ID,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> TokenizedConversation:
     """`prepare_turns` + `tokenize_turns`, checking the placeholder count against the record."""
@@ -176,7 +175,7 @@ def tokenize_record(
 def generation_prompt(
     turns: Sequence[Turn],
     tokenizer,
-    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+    image_token_id: int = IMAGE_TOKEN_ID,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> np.ndarray:
     """int32[L] prompt for answering: the conversation so far (ending with a human turn) plus the

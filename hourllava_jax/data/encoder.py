@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hourllava_jax.data.preprocess import normalize
-from hourllava_jax.model.memory import pool_frames
+from hourllava_jax.memory.resize import pool_frames
 
 DEFAULT_POOL_SIZE = 8  # SPEC §1.2: 27x27 -> 8x8 per frame, for a bare SigLIP checkpoint
 
@@ -139,7 +139,7 @@ def load_vision_tower(path: str | Path, dtype: Any = jnp.float32) -> tuple[nnx.M
     tensor at a time), so extracting with a 7B checkpoint does not load the LLM.
     """
     from hourllava_jax.convert.api import detect_architecture, load_pretrained
-    from hourllava_jax.convert.hour_llava_keys import hour_llava_config_from_hf
+    from hourllava_jax.convert.hf_config import hour_llava_config_from_hf
     from hourllava_jax.convert.mapping import ConversionError, load_tensors
     from hourllava_jax.convert.safetensors_io import CheckpointReader
     from hourllava_jax.convert.siglip_keys import HOURLLAVA_PREFIX, siglip_hf_rules

@@ -2,9 +2,9 @@
 
 One image: ``anyres_max_9``: the base image resized (distorted) to S², then the S² crops of the
 best pinpoint resolution (aspect kept, black padding), row-major; the model sees them unpooled
-and the layout (:func:`~hourllava_jax.model.layout.image_layout`) places the unpadded grid.
+and the layout (:func:`~hourllava_jax.memory.layout.image_layout`) places the unpadded grid.
 Several images: each padded to a square with grey and resized to S², one unit each
-(:func:`~hourllava_jax.model.layout.multi_image_layout`).
+(:func:`~hourllava_jax.memory.layout.multi_image_layout`).
 
 S is the vision tower's input side (384 for SigLIP-384) and g = S / patch its tokens per side.
 Planning needs only each image's size, read from the file header (:func:`image_size`); the
@@ -24,14 +24,8 @@ from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data import errors
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.preprocess import resize_rgb
-from hourllava_jax.model.anyres import anyres_grid_shape, anyres_image_crops, expand_to_square
-from hourllava_jax.model.layout import (
-    VisualLayout,
-    image_layout,
-    image_layout_size,
-    multi_image_layout,
-    multi_image_layout_size,
-)
+from hourllava_jax.data.anyres import anyres_grid_shape, anyres_image_crops, expand_to_square
+from hourllava_jax.memory.layout import VisualLayout, image_layout, image_layout_size, multi_image_layout, multi_image_layout_size
 
 # Decompression bombs are an error of the file, not a reason to stop a run: PIL's default limit
 # (~89 Mpx, a warning, then an error at twice that) is kept and reported as a corrupt image.

@@ -50,7 +50,7 @@ import numpy as np
 
 from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data import errors
-from hourllava_jax.data.chat import IGNORE_INDEX
+from hourllava_jax.config.tokens import IGNORE_INDEX
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.features import CORRUPT_FEATURES, DTYPES
 from hourllava_jax.data.metadata import load_or_build
@@ -68,8 +68,8 @@ from hourllava_jax.data.samples import (
     log_once,
 )
 from hourllava_jax.data.sources import RecordSource, TfdsSource
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import PAD, TAPS
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import PAD, TAPS
 
 log = logging.getLogger(__name__)
 

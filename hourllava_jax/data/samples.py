@@ -1,4 +1,4 @@
-"""One training sample of the grain pipeline: record (+ visual input) -> ``model.inputs.Sample``.
+"""One training sample of the grain pipeline: record (+ visual input) -> ``data.collate.Sample``.
 
 :class:`SampleBuilder` is the per-sample transform behind ``data/pipeline.py``. It serves five
 *kinds* of sample, and a batch never mixes kinds (they differ in the batch keys the model reads):
@@ -37,14 +37,15 @@ import numpy as np
 
 from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data import errors
-from hourllava_jax.data.chat import DEFAULT_IMAGE_TOKEN_ID, tokenize_record
+from hourllava_jax.config.tokens import IMAGE_TOKEN_ID
+from hourllava_jax.data.chat import tokenize_record
 from hourllava_jax.data.errors import DataError
 from hourllava_jax.data.features import CORRUPT_FEATURES, FeatureStore, feature_key
 from hourllava_jax.data.frames import feature_indices
 from hourllava_jax.data.records import Record, image_paths, parse_record, video_path
 from hourllava_jax.data.sources import BROKEN
-from hourllava_jax.model.inputs import Sample
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample
+from hourllava_jax.memory.layout import video_layout
 
 log = logging.getLogger("hourllava_jax.data.pipeline")  # one logger name for the whole pipeline
 
@@ -93,7 +94,7 @@ class PipelineConfig:
     max_text_tokens: int | None = None
     image_unit_buckets: tuple[int, ...] = (2, 3, 5, 7, 10, 13, 17, 26, 37)
     image_memory_multiple: int = 512
-    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID
+    image_token_id: int = IMAGE_TOKEN_ID
     pad_id: int = 0
     worker_count: int = 0
     worker_buffer_size: int = 2

@@ -13,8 +13,8 @@
    selected one; otherwise (long GOPs) every frame up to a selected one is needed as a
    reference, so the stream is cut into runs of whole GOPs (``_segments``, one per core) and
    each run is decoded sequentially from its keyframe by its own single-threaded decoder, the
-   runs in parallel threads (PyAV releases the GIL while decoding); frame threading inside one
-   decoder used ~1.3 of 2 cores here, independent runs use both. Either way the decoder
+   runs in parallel threads (PyAV releases the GIL while decoding), since frame threading inside
+   one decoder does not keep every core busy and independent runs do (docs/video.md). Either way the decoder
    is drained right after the last packet needed (a frame-threaded decoder otherwise holds
    frames back until ``thread_count`` more packets arrive), a frame is identified by its pts,
    never by counting, and a seek that lands wrong (a broken index, open-GOP leading pictures)

@@ -28,7 +28,7 @@ from hourllava_jax.config import MemoryConfig
 from hourllava_jax.data.features import FeatureStore, FeatureWriter, feature_key
 from hourllava_jax.data.records import IMAGE_TOKEN, Record, Turn, write_jsonl
 from hourllava_jax.demo.data import answer_text, eval_item, needle, question_text
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.memory.layout import video_layout
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ Steps of :meth:`VideoQA.answer`:
 2. Prompt: time instruction + ChatML + the assistant header (SPEC §3). Inference passes no
    labels, so the whole prompt is the MemAug query (SPEC §1.4; training drops the labelled
    ``\\n``/ChatML tokens, the release does not at inference and neither do we).
-3. Layout: :func:`~hourllava_jax.model.layout.video_layout` with ``uniform`` spatial and
+3. Layout: :func:`~hourllava_jax.memory.layout.video_layout` with ``uniform`` spatial and
    temporal forgetting by default (deterministic; the release draws random spatial subsets,
    unseeded), or ``random`` spatial forgetting with an explicit ``forgetting_seed``.
 4. ``collate`` (lengths rounded up to buckets) -> jitted ``HourLlava.llm_inputs`` -> jitted
@@ -47,8 +47,8 @@ from hourllava_jax.data.records import Turn
 from hourllava_jax.data.tokenizer import chat_token_ids
 from hourllava_jax.infer import generate as gen
 from hourllava_jax.infer.memory_cache import EncodedVideo, MemoryCache, Source, vision_fingerprint
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
 
 Forgetting = Literal["uniform", "random"]
 StreamCallback = Callable[[str], None]

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from hourllava_jax.kernels.blocks import BlockSizes
 from hourllava_jax.kernels.chunked import chunked_bwd, chunked_fwd
+from hourllava_jax.kernels.dispatch import AttentionInputError, build, check_inputs, check_mask, default_impl
 from hourllava_jax.kernels.masks import PAD_ID, MaskSpec, normalize_mask
 
 
@@ -117,9 +118,7 @@ def memory_parallel_attention(
     operand; other mesh axes are replicated. impl: chunked | pallas_tpu | pallas_gpu runs on each shard
     ("reference" and "auto" resolve to the backend default since they have no lse output).
     """
-    from hourllava_jax.kernels import AttentionInputError, _check, _check_mask, default_impl
-
-    _check(q, k, v)
+    check_inputs(q, k, v)
     if axis not in mesh.axis_names:
         raise AttentionInputError(f"mesh axes {mesh.axis_names} have no {axis!r} axis for memory-parallel attention")
     n = mesh.shape[axis]
@@ -133,7 +132,7 @@ def memory_parallel_attention(
             raise AttentionInputError(f"batch_axis {batch_axis!r} must be mesh axes {mesh.axis_names} whose sizes divide batch {b}")
     lk = k.shape[1]
     mask = MaskSpec(causal=causal, q_offset=q_offset, kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
-    _check_mask(mask, b, lq, lk)
+    check_mask(mask, b, lq, lk)
     impl = default_impl() if impl in ("auto", "reference") else impl
     scale = d**-0.5 if scale is None else float(scale)
     q_off, q_ids, kv_ids = normalize_mask(mask, b, lq, lk)
@@ -141,8 +140,6 @@ def memory_parallel_attention(
     if lkp != lk:  # padded keys get the padding id: never visible
         k, v = (jnp.pad(x, ((0, 0), (0, lkp - lk), (0, 0), (0, 0))) for x in (k, v))
         kv_ids = jnp.pad(kv_ids, ((0, 0), (0, lkp - lk)), constant_values=PAD_ID)
-
-    from hourllava_jax.kernels import build
 
     _, opts = build(impl, lq, lkp // n, causal=causal, scale=scale, block_sizes=block_sizes, interpret=interpret)
     return _make(mesh, axis, batch_axis, impl, opts)(q, k, v, q_off, q_ids, kv_ids)

@@ -16,7 +16,7 @@ pixels             float[B, U, S, S, 3]         normalised video frames for the 
                                                 (pooled to p² tokens each); or instead:
 image_pixels       float[B, U, S, S, 3]         normalised image units (anyres base + crops,
                                                 or one per image), not pooled (SPEC §1.2)
-memory_src         int32[B, M]                  see :mod:`hourllava_jax.model.layout`;
+memory_src         int32[B, M]                  see :mod:`hourllava_jax.memory.layout`;
                    or int32[B, M, 4]            with ``memory_w``: anyres images (SPEC §1.6)
 memory_w           float32[B, M, 4] (optional)  tap weights: slot = sum_t w_t·projected[src_t]
 memory_pos         int32[B, M]                  RoPE ids of the memory slots
@@ -38,14 +38,15 @@ import optax
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig
+from hourllava_jax.config.tokens import IGNORE_INDEX
 from hourllava_jax.kernels import BlockSizes
-from hourllava_jax.model.layout import NEWLINE, PAD
+from hourllava_jax.memory.gather import gather_decayed, gather_memory
+from hourllava_jax.memory.resize import pool_frames
 from hourllava_jax.model.memaug import MemAug
-from hourllava_jax.model.memory import pool_frames
 from hourllava_jax.model.projector import Projector
 from hourllava_jax.model.qwen2 import Qwen2
 from hourllava_jax.model.siglip import SiglipVisionTower
-from hourllava_jax.model.splice import IGNORE, LLMInputs, build_query, splice_llm_inputs
+from hourllava_jax.model.splice import LLMInputs, build_query, splice_llm_inputs
 from hourllava_jax.parallel.axes import EMBED, param_init
 
 Batch = dict[str, jax.Array]
@@ -92,23 +93,9 @@ class HourLlava(nnx.Module):
 
         With ``memory_w`` float32[B, M, T] (anyres images, SPEC §1.6), ``memory_src`` is
         int32[B, M, T] and a slot is ``sum_t w_t * projected[src_t]`` over taps with src_t >= 0
-        (the bilinear downscale after the projector); tap 0 carries NEWLINE / PAD as usual.
+        (the bilinear downscale after the projector); see :func:`~hourllava_jax.memory.gather.gather_memory`.
         """
-        if memory_w is None:  # videos: one gather, the M = 234k path
-            head = memory_src
-            tok = jnp.take_along_axis(projected, jnp.clip(memory_src, 0)[..., None], axis=1)
-        else:
-            head = memory_src[..., 0]
-            tok = jnp.zeros(memory_src.shape[:2] + projected.shape[-1:], jnp.float32)
-            for t in range(memory_src.shape[-1]):  # accumulate tap by tap: never a [B, M, T, H] gather
-                src = memory_src[..., t]
-                x = jnp.take_along_axis(projected, jnp.clip(src, 0)[..., None], axis=1).astype(jnp.float32)
-                tok = tok + jnp.where(src >= 0, memory_w[..., t], 0.0)[..., None].astype(jnp.float32) * x
-            tok = tok.astype(projected.dtype)
-        nl = self.image_newline[...].astype(tok.dtype)
-        mem = jnp.where((head == NEWLINE)[..., None], nl, tok)
-        valid = head != PAD
-        return jnp.where(valid[..., None], mem, 0), valid
+        return gather_memory(projected, memory_src, self.image_newline[...], memory_w)
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -134,17 +121,13 @@ class HourLlava(nnx.Module):
         text = self.llm.embed(jnp.where(ids == cfg.image_token_id, 0, ids))
         b, length = ids.shape
         if "decayed" not in batch:  # text-only batch
-            return LLMInputs(text, labels if labels is not None else jnp.full_like(ids, IGNORE), jnp.broadcast_to(jnp.arange(length), (b, length)), mask)
+            return LLMInputs(text, labels if labels is not None else jnp.full_like(ids, IGNORE_INDEX), jnp.broadcast_to(jnp.arange(length), (b, length)), mask)
         feats = self.visual_features(batch, video=video)
         projected = self.project(feats).reshape(b, -1, cfg.llm.hidden_size)
         memory, mem_valid = self.build_memory(projected, batch["memory_src"], batch.get("memory_w"))
         mem_pos = batch["memory_pos"].astype(jnp.int32)
-        dec = batch["decayed"]
-        dvalid = dec >= 0
-        k, n = dec.shape[1:]
-        flat = jnp.clip(dec, 0).reshape(b, k * n)
-        decayed = jnp.take_along_axis(memory, flat[..., None], axis=1).reshape(b, k, n, -1)
-        dpos = jnp.take_along_axis(mem_pos, flat, axis=1).reshape(b, k, n)
+        decayed, dpos, dvalid = gather_decayed(memory, mem_pos, batch["decayed"])
+        k, n = dvalid.shape[1:]
         if self.memaug is not None:
             q = build_query(text, ids, mask, labels, decayed, dpos, dvalid, cfg.image_token_id)
             out = self.memaug(q.embeds, memory, q.positions, mem_pos, q_mask=q.valid, kv_mask=mem_valid)
@@ -170,7 +153,7 @@ def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]
     """
     lg = logits[:, :-1].astype(jnp.float32)
     tgt = labels[:, 1:]
-    valid = tgt != IGNORE
+    valid = tgt != IGNORE_INDEX
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.where(valid, tgt, 0))
     n = valid.sum()
     return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(n, 1), n

@@ -7,7 +7,8 @@ x = LN2(x + CrossAttn(x, memory, pos_q, pos_kv)) # memory = raw projected tokens
 x = LN3(x + fc2(GELU(fc0(x))))                   # exact GELU, 4H hidden
 ```
 Grouped-query heads, RoPE on the first half of each head (rotate-half), v not rotated, biases
-everywhere. Attribute names map one-to-one onto the release's (``memaug_hf_rules``).
+everywhere. Attribute names map one-to-one onto the release's
+(:func:`hourllava_jax.convert.memaug_keys.memaug_hf_rules`).
 
 Padding: the release runs one unpadded sample at a time; batches here carry ``q_mask`` /
 ``kv_mask`` so a padded batch equals the samples run alone (padded query rows are excluded as
@@ -17,11 +18,9 @@ self-attention keys, padded memory rows as cross-attention keys; padded output r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig, MemAugConfig
@@ -229,61 +228,4 @@ class MemAug(nnx.Module):
         return x
 
 
-def memaug_hf_rules(cfg: HourLlavaConfig | MemAugDims, prefix: str = "model.vision_resampler.") -> list[tuple[str, tuple, tuple[int, int] | None]]:
-    """(hf_key, nnx state path, perm) for every MemAug parameter.
-
-    perm (1, 0) for Linear weights (torch stores (out, in), flax kernels are (in, out)); None
-    for 1-D tensors. LayerNorm ``weight`` is flax's ``scale``.
-    """
-    dims = MemAugDims.from_config(cfg) if isinstance(cfg, HourLlavaConfig) else cfg
-    linears = [("self_attn.Wqkv", ("self_attn", "Wqkv")), ("self_attn.Wo", ("self_attn", "Wo")),
-               ("cross_attn.Wq", ("cross_attn", "Wq")), ("cross_attn.Wkv", ("cross_attn", "Wkv")),
-               ("cross_attn.Wo", ("cross_attn", "Wo")), ("mlp.0", ("mlp", "fc0")), ("mlp.2", ("mlp", "fc2"))]
-    rules = []
-    for i in range(dims.memaug.depth):
-        base = f"{prefix}layers.{i}."
-        for hf, path in linears:
-            rules.append((f"{base}{hf}.weight", ("layers", i, *path, "kernel"), (1, 0)))
-            rules.append((f"{base}{hf}.bias", ("layers", i, *path, "bias"), None))
-        for n in ("norm1", "norm2", "norm3"):
-            rules.append((f"{base}{n}.weight", ("layers", i, n, "scale"), None))
-            rules.append((f"{base}{n}.bias", ("layers", i, n, "bias"), None))
-    return rules
-
-
-def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """RoPE ids of one sample's MemAug query (SPEC §1.4), on the host.
-
-    The query is text segment 0, visual block 0, text segment 1, ..., text segment n. Each text
-    segment continues from the running maximum id; each visual block is its memory ids shifted
-    by (running maximum + 1), so a decayed token sits a constant offset ahead of its memory entry.
-
-    Args:
-      text_lengths: n+1 kept-text lengths (tokens with label -100; the whole prompt at inference).
-      visual_positions: n int arrays, the memory ids of each placeholder's query tokens
-        (``VideoMemory.decayed_positions``, ``ImageMemory.query_positions``, ...).
-    Returns:
-      positions int32[sum of all lengths]; visual_index int32[sum of visual lengths], where the
-      visual tokens sit in the query (MemAug's output rows that replace the placeholders).
-    """
-    if len(text_lengths) != len(visual_positions) + 1:
-        raise ValueError(f"query_positions: {len(text_lengths)} text segments for {len(visual_positions)} visual blocks (need n+1 for n)")
-    parts, visual_index, maxp, n = [], [], -1, 0
-    for i, length in enumerate(text_lengths):
-        if length < 0:
-            raise ValueError(f"query_positions: negative text length {length}")
-        parts.append(np.arange(length, dtype=np.int64) + maxp + 1)
-        maxp, n = (maxp + length if length else maxp), n + length
-        if i < len(visual_positions):
-            vis = np.asarray(visual_positions[i], np.int64).reshape(-1)
-            if vis.size and vis.min() < 0:
-                raise ValueError("query_positions: memory ids must be non-negative")
-            parts.append(vis + maxp + 1)
-            visual_index.append(np.arange(vis.size) + n)
-            maxp, n = (max(maxp, int(parts[-1].max())) if vis.size else maxp), n + vis.size
-    pos = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
-    vis_idx = np.concatenate(visual_index) if visual_index else np.zeros((0,), np.int64)
-    return pos.astype(np.int32), vis_idx.astype(np.int32)
-
-
-__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention", "memaug_hf_rules", "query_positions"]
+__all__ = ["CrossAttention", "MemAugMLP", "MemAug", "MemAugBlock", "MemAugDims", "SelfAttention"]

@@ -2,7 +2,7 @@
 
 Linear(in, H) -> exact (erf) GELU -> Linear(H, H), both with bias. The attributes ``linear_0`` and
 ``linear_2`` are the indices of the release's ``nn.Sequential`` (``model.mm_projector.{0,2}.*``;
-index 1 is the parameter-free GELU).
+index 1 is the parameter-free GELU; rules in :mod:`hourllava_jax.convert.projector_keys`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hourllava_jax.convert.mapping import TensorRule
 from hourllava_jax.parallel.axes import EMBED, MLP, param_init
 
 
@@ -36,12 +35,3 @@ class Projector(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear_2(jax.nn.gelu(self.linear_0(x), approximate=False))
-
-
-def projector_hf_rules(prefix: str = "model.mm_projector.") -> list[TensorRule]:
-    """Rules between ``{prefix}{0,2}.{weight,bias}`` and :class:`Projector` params."""
-    rules = []
-    for i in (0, 2):
-        rules.append(TensorRule(f"{prefix}{i}.weight", (f"linear_{i}", "kernel"), (1, 0)))
-        rules.append(TensorRule(f"{prefix}{i}.bias", (f"linear_{i}", "bias")))
-    return rules

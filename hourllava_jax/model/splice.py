@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100
+from hourllava_jax.config.tokens import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ def build_query(
     is_ph = (input_ids == image_token_id) & text_valid
     kept = text_valid & ~is_ph
     if labels is not None:
-        kept &= labels == IGNORE
+        kept &= labels == IGNORE_INDEX
     ph_tok, rank = _placeholder_tokens(is_ph, k_max)
 
     n_valid = decayed_valid.sum(-1).astype(jnp.int32)  # [B, K]
@@ -148,8 +148,8 @@ def splice_llm_inputs(
 
     text_slot = jnp.where(is_text, slot, out_len)
     embeds = _scatter_rows(jnp.zeros((b, out_len, h), text_embeds.dtype), text_slot, text_embeds)
-    lab = labels if labels is not None else jnp.full_like(input_ids, IGNORE)
-    out_labels = _scatter_rows(jnp.full((b, out_len), IGNORE, jnp.int32), text_slot, lab.astype(jnp.int32))
+    lab = labels if labels is not None else jnp.full_like(input_ids, IGNORE_INDEX)
+    out_labels = _scatter_rows(jnp.full((b, out_len), IGNORE_INDEX, jnp.int32), text_slot, lab.astype(jnp.int32))
 
     has_ph = jnp.take_along_axis(is_ph, ph_tok, axis=1)
     block_slot = jnp.take_along_axis(slot, ph_tok, axis=1)
@@ -159,7 +159,7 @@ def splice_llm_inputs(
     total = jnp.minimum(slots_used.sum(-1), out_len)
     valid = jnp.arange(out_len)[None, :] < total[:, None]
     positions = jnp.broadcast_to(jnp.arange(out_len, dtype=jnp.int32), (b, out_len))
-    return LLMInputs(embeds=embeds, labels=jnp.where(valid, out_labels, IGNORE), positions=positions, valid=valid)
+    return LLMInputs(embeds=embeds, labels=jnp.where(valid, out_labels, IGNORE_INDEX), positions=positions, valid=valid)
 
 
 def count_placeholders(input_ids: jax.Array, text_valid: jax.Array, image_token_id: int) -> jax.Array:

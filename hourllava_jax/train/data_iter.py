@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hourllava_jax.config.tokens import IGNORE_INDEX
+
 
 class InMemoryIterator(Iterator[dict[str, np.ndarray]]):
     """Iterates ``records`` (dict of arrays, leading dim = record) in fixed-size global batches.
@@ -86,7 +88,7 @@ def synthetic_records(
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab_size, size=(num_records, seq_len + 1), dtype=np.int32)
     labels = ids[:, 1:].copy()
-    labels[:, : seq_len // 4] = -100
+    labels[:, : seq_len // 4] = IGNORE_INDEX
     out = {"input_ids": ids[:, :-1], "labels": labels}
     if feature_shape:
         out["features"] = rng.standard_normal((num_records, *feature_shape), dtype=np.float32)

@@ -11,7 +11,7 @@ from flax import nnx
 from hourllava_jax.config import load_model_config
 from hourllava_jax.data.encoder import FrameEncoder, _encode_chunk
 from hourllava_jax.data.preprocess import normalize
-from hourllava_jax.model.memory import pool_frames
+from hourllava_jax.memory.resize import pool_frames
 from hourllava_jax.model.siglip import SiglipVisionTower
 
 TOL = dict(rtol=1e-5, atol=1e-5)

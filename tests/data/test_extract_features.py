@@ -20,7 +20,7 @@ from hourllava_jax.data.frames import extraction_indices, feature_indices
 from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.data.records import load_records
 from hourllava_jax.data.video import decode_video, probe_video
-from hourllava_jax.model.memory import pool_frames
+from hourllava_jax.memory.resize import pool_frames
 from hourllava_jax.model.siglip import SiglipVisionTower
 
 MIN_FRAMES = 6  # the release's 128, shrunk so the tiny videos stay cheap

@@ -20,8 +20,8 @@ from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.data.records import parse_record
 from hourllava_jax.data.samples import IMAGE, IMAGES, TEXT, SampleBuilder, load_light_tokenizer
 from hourllava_jax.data.tokenizer import build_tokenizer
-from hourllava_jax.model.layout import PAD, TAPS, image_layout, image_layout_size
-from hourllava_jax.model.anyres import anyres_grid_shape
+from hourllava_jax.memory.layout import PAD, TAPS, image_layout, image_layout_size
+from hourllava_jax.data.anyres import anyres_grid_shape
 
 TINY = load_model_config("tiny")
 S = TINY.vision.image_size  # 112

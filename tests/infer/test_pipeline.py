@@ -207,7 +207,7 @@ def test_null_eos_in_config_falls_back_to_im_end(env, checkpoint, tmp_path, caps
     import json
     import shutil
 
-    from hourllava_jax.config import llm_from_hf_config
+    from hourllava_jax.convert.hf_config import llm_from_hf_config
     from hourllava_jax.data.tokenizer import chat_token_ids
     from hourllava_jax.infer.cli import main
 

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 from flax import nnx
 
-from hourllava_jax.config.model import LLMConfig, llm_to_hf_config
+from hourllava_jax.config.model import LLMConfig
+from hourllava_jax.convert.hf_config import llm_to_hf_config
 from hourllava_jax.convert.mapping import params_from_tensors
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules
 from hourllava_jax.model.qwen2 import Qwen2

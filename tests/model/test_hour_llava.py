@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from hourllava_jax.model.hour_llava import HourLlava, lm_loss, loss_fn
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
-from hourllava_jax.model.memory import build_video_memory
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
+from hourllava_jax.memory.reference import build_video_memory
 
 IMG = -200
 

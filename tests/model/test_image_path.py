@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hourllava_jax.model.anyres import (
-    anyres_grid_features, anyres_grid_shape, build_anyres_memory, build_multi_image_memory, unpad_slices,
-)
+from hourllava_jax.data.anyres import anyres_grid_shape
+from hourllava_jax.memory.image_grid import unpad_slices
+from hourllava_jax.memory.reference import anyres_grid_features, build_anyres_memory, build_multi_image_memory
 from hourllava_jax.model.hour_llava import HourLlava
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import NEWLINE, PAD, image_layout, multi_image_layout, video_layout
-from hourllava_jax.model.memory import build_video_memory
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import NEWLINE, PAD, image_layout, multi_image_layout, video_layout
+from hourllava_jax.memory.reference import build_video_memory
 
 IMG = -200
 G, CROP = 8, 112  # tiny: 112 px crops of 14 px patches

@@ -12,7 +12,10 @@ import pytest
 from flax import nnx
 
 from hourllava_jax.config import MemAugConfig, load_model_config
-from hourllava_jax.model.memaug import MemAug, MemAugDims, memaug_hf_rules, query_positions
+from hourllava_jax.convert.mapping import TensorRule
+from hourllava_jax.convert.memaug_keys import memaug_hf_rules
+from hourllava_jax.memory.reference import query_positions
+from hourllava_jax.model.memaug import MemAug, MemAugDims
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the reference importable
 
@@ -31,7 +34,8 @@ def _state_get(model, path):
 def _load_torch(model, ref, torch):
     """Copies the JAX parameters into the torch reference through memaug_hf_rules (tests the rules)."""
     sd = {}
-    for key, path, perm in memaug_hf_rules(model.dims, prefix=""):
+    for rule in memaug_hf_rules(model.dims, prefix=""):
+        key, path, perm = rule.hf_key, rule.path, rule.perm
         a = np.asarray(_state_get(model, path).get_value())
         sd[key] = torch.from_numpy(np.array(a.transpose(perm) if perm else a))
     ref.load_state_dict(sd, strict=True)
@@ -102,11 +106,11 @@ def test_rules_cover_every_param_once():
     model = MemAug(dims, rngs=nnx.Rngs(0))
     paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     rules = memaug_hf_rules(dims)
-    assert {r[1] for r in rules} == paths and len(rules) == len(paths)
-    assert len({r[0] for r in rules}) == len(rules)
-    assert ("model.vision_resampler.layers.2.mlp.2.weight", ("layers", 2, "mlp", "fc2", "kernel"), (1, 0)) in rules
-    for key, path, perm in rules:
-        assert (perm == (1, 0)) == (path[-1] == "kernel") and key.startswith("model.vision_resampler.layers.")
+    assert {r.path for r in rules} == paths and len(rules) == len(paths)
+    assert len({r.hf_key for r in rules}) == len(rules)
+    assert TensorRule("model.vision_resampler.layers.2.mlp.2.weight", ("layers", 2, "mlp", "fc2", "kernel"), (1, 0)) in rules
+    for r in rules:
+        assert (r.perm == (1, 0)) == (r.path[-1] == "kernel") and r.hf_key.startswith("model.vision_resampler.layers.")
 
 
 def test_init_distribution_and_axes():
@@ -185,7 +189,7 @@ def test_memory_parallel_cross_attention_matches():
 
 def test_video_memory_through_memaug_tiny():
     """The tiny preset end to end: frame tokens -> memory + decayed tokens -> query ids -> MemAug."""
-    from hourllava_jax.model.memory import build_video_memory
+    from hourllava_jax.memory.reference import build_video_memory
 
     cfg = load_model_config("tiny")
     h, p2 = cfg.llm.hidden_size, cfg.memory.pool_size**2

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from hourllava_jax.convert.mapping import ConversionError, params_from_tensors, tensors_from_params
-from hourllava_jax.model.projector import Projector, projector_hf_rules
+from hourllava_jax.convert.projector_keys import projector_hf_rules
+from hourllava_jax.model.projector import Projector
 
 IN, HID = 24, 40
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hourllava_jax.config.model import VisionConfig, vision_from_hf_config
+from hourllava_jax.config.model import VisionConfig
+from hourllava_jax.convert.hf_config import vision_from_hf_config
 from hourllava_jax.convert.mapping import ConversionError, params_from_tensors, tensors_from_params
 from hourllava_jax.convert.siglip_keys import HOURLLAVA_PREFIX, HUB_PREFIX, siglip_hf_rules, siglip_num_layers, siglip_prefix
 from hourllava_jax.model.siglip import SiglipVisionTower

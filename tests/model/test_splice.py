@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hourllava_jax.model.splice import IGNORE, build_query, splice_llm_inputs
+from hourllava_jax.config.tokens import IGNORE_INDEX
+from hourllava_jax.model.splice import build_query, splice_llm_inputs
 
 IMG = -200
 
@@ -23,7 +24,7 @@ def _reference(ids, labels, decayed_pos, n_valid, max_len):
     segments.append(cur)
     q_src, q_pos, maxp = [], [], -1
     for i, seg in enumerate(segments):
-        kept = [t for t in seg if labels is None or labels[t] == IGNORE]
+        kept = [t for t in seg if labels is None or labels[t] == IGNORE_INDEX]
         q_src += [("t", t) for t in kept]
         q_pos += [maxp + 1 + j for j in range(len(kept))]
         if q_pos:
@@ -38,11 +39,11 @@ def _reference(ids, labels, decayed_pos, n_valid, max_len):
     for t, tok in enumerate(ids):
         if tok == IMG:
             llm_src += [("v", k, j) for j in range(n_valid[k])]
-            llm_lab += [IGNORE] * n_valid[k]
+            llm_lab += [IGNORE_INDEX] * n_valid[k]
             k += 1
         else:
             llm_src.append(("t", t))
-            llm_lab.append(IGNORE if labels is None else labels[t])
+            llm_lab.append(IGNORE_INDEX if labels is None else labels[t])
     return q_src, q_pos, llm_src[:max_len], llm_lab[:max_len]
 
 
@@ -50,7 +51,7 @@ def _case(rng, with_labels):
     b, length, k_max, n_max, h = 3, 14, 2, 5, 4
     ids = rng.integers(1, 50, (b, length))
     valid = np.zeros((b, length), bool)
-    labels = np.where(rng.random((b, length)) < 0.5, IGNORE, rng.integers(1, 50, (b, length)))
+    labels = np.where(rng.random((b, length)) < 0.5, IGNORE_INDEX, rng.integers(1, 50, (b, length)))
     n_ph = [2, 1, 0]
     lens = [14, 10, 7]
     dpos = np.sort(rng.integers(0, 300, (b, k_max, n_max)), axis=-1)
@@ -59,8 +60,8 @@ def _case(rng, with_labels):
         valid[i, : lens[i]] = True
         ph = rng.choice(np.arange(1, lens[i]), n_ph[i], replace=False)
         ids[i, ph] = IMG
-        labels[i, ph] = IGNORE
-        labels[i, lens[i]:] = IGNORE
+        labels[i, ph] = IGNORE_INDEX
+        labels[i, lens[i]:] = IGNORE_INDEX
         n_valid[i, n_ph[i]:] = 0
     dvalid = np.arange(n_max)[None, None] < n_valid[..., None]
     return ids, valid, (labels if with_labels else None), dpos, dvalid, n_valid, lens
@@ -93,7 +94,7 @@ def test_query_and_splice_match_pseudocode(rng, with_labels):
         want = np.stack([temb[i, s[1]] if s[0] == "t" else vis[i, s[1], s[2]] for s in l_src])
         np.testing.assert_array_equal(np.asarray(llm.embeds[i, :nl]), want)
         np.testing.assert_array_equal(np.asarray(llm.labels[i, :nl]), l_lab)
-        assert (np.asarray(llm.labels[i, nl:]) == IGNORE).all()
+        assert (np.asarray(llm.labels[i, nl:]) == IGNORE_INDEX).all()
 
 
 def test_decayed_tokens_sit_n0_ahead_of_their_memory_entry():
@@ -101,7 +102,7 @@ def test_decayed_tokens_sit_n0_ahead_of_their_memory_entry():
     is its memory id + n0 (SPEC §1.4 consequence)."""
     n0 = 8
     ids = np.array([[5] * n0 + [IMG] + [7, 7, 7]])
-    labels = np.array([[IGNORE] * (n0 + 1) + [7, 7, IGNORE]])
+    labels = np.array([[IGNORE_INDEX] * (n0 + 1) + [7, 7, IGNORE_INDEX]])
     dpos = np.array([[[0, 2, 65, 67, 129]]])
     q = build_query(np.ones((1, 12, 2), np.float32), ids, np.ones_like(ids, bool), labels,
                     np.ones((1, 1, 5, 2), np.float32), dpos, np.ones((1, 1, 5), bool), IMG)

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 from train_harness import REPO, host_tree, one_device_mesh, run_steps
 
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.config import load_train_config
 from hourllava_jax.cli.train import model_config
@@ -49,7 +49,9 @@ def test_hour_llava_on_a_3d_mesh_matches_one_device():
 def test_a_memory_axis_makes_memaug_memory_parallel_and_changes_nothing(monkeypatch):
     """mesh data x fsdp x memory: MemAug's cross-attention splits the memory over ``memory``
     (picked up from the trainer's ``jax.set_mesh``), with the same losses and updates as 1 device."""
-    import hourllava_jax.kernels as kernels
+    import importlib
+
+    kernels = importlib.import_module("hourllava_jax.kernels.attention")  # the module, not the re-exported function
 
     calls = []
     real = kernels.memory_parallel_attention

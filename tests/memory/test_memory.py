@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from hourllava_jax.config import MemoryConfig
-from hourllava_jax.model.forgetting import (
-    local_avg_cosine, spatial_keep_indices, temporal_frame_indices, uniform_frame_indices,
-)
-from hourllava_jax.model.memory import bilinear_resize, build_video_memory, pool_frames, repeat_indices
+from hourllava_jax.memory.forgetting import local_avg_cosine, spatial_keep_indices, temporal_frame_indices, uniform_frame_indices
+from hourllava_jax.memory.reference import build_video_memory
+from hourllava_jax.memory.resize import bilinear_resize, pool_frames, repeat_indices
 
 # Uniform [::2, ::2] of an 8x8 grid, written out: rows 0, 2, 4, 6 x cols 0, 2, 4, 6.
 GRID8 = [0, 2, 4, 6, 16, 18, 20, 22, 32, 34, 36, 38, 48, 50, 52, 54]

@@ -1,4 +1,4 @@
-"""One model input sample and the collation of samples into a padded, static-shape batch.
+"""One model input sample and the collation of samples into the model's padded, static-shape batch.
 
 The batch keys are documented in :mod:`hourllava_jax.model.hour_llava`. Lengths are rounded up
 to multiples (``text_multiple`` etc.) so that batches of similar size share one compiled
@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from hourllava_jax.model.layout import VisualLayout, collate_layouts
-from hourllava_jax.model.splice import IGNORE
+from hourllava_jax.config.tokens import IGNORE_INDEX, IMAGE_TOKEN_ID
+from hourllava_jax.memory.layout import VisualLayout, collate_layouts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, unit_multiple: int = 16,
-            memory_multiple: int = 128, decayed_multiple: int = 64, image_token_id: int = -200,
+            memory_multiple: int = 128, decayed_multiple: int = 64, image_token_id: int = IMAGE_TOKEN_ID,
             max_placeholders: int | None = None) -> dict[str, np.ndarray]:
     """Pads samples into the batch dict of :class:`~hourllava_jax.model.hour_llava.HourLlava`.
 
@@ -46,7 +46,7 @@ def collate(samples: list[Sample], *, pad_id: int = 0, text_multiple: int = 64, 
     length = _round_up(max(len(s.input_ids) for s in samples), text_multiple)
     ids = np.full((b, length), pad_id, np.int32)
     mask = np.zeros((b, length), bool)
-    labels = np.full((b, length), IGNORE, np.int32)
+    labels = np.full((b, length), IGNORE_INDEX, np.int32)
     with_labels = any(s.labels is not None for s in samples)
     for i, s in enumerate(samples):
         n = len(s.input_ids)

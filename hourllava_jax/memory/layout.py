@@ -1,11 +1,13 @@
-"""Host-side visual layouts: which token goes where in the memory and the query (SPEC §1.3, §1.6).
+"""The memory stage's host plan: which token goes where in the memory and the query (SPEC §1.3, §1.6).
 
 The jitted model only gathers: it receives, per sample, integer maps saying which projected
 token (or the ``image_newline``) fills each memory slot, each slot's RoPE position, and which
 memory slots are decayed tokens for each ``<image>`` placeholder. Those maps depend on frame
 counts and forgetting choices, not on data (``uniform`` temporal and both spatial modes), so
 they are computed here in numpy, once per sample, and padded to static buckets by
-:func:`collate_layouts`. This keeps every sample of a bucket on one compiled program.
+:func:`collate_layouts`. This keeps every sample of a bucket on one compiled program. The
+gather that follows in the graph is :mod:`hourllava_jax.memory.gather`; the single-sample
+specification both are tested against is :mod:`hourllava_jax.memory.reference`.
 
 Index conventions of ``memory_src``: ``>= 0`` a projected token of the sample's visual units
 flattened as ``unit * tokens_per_unit + token``; :data:`NEWLINE` the learned newline;
@@ -27,9 +29,9 @@ import jax
 import numpy as np
 
 from hourllava_jax.config import MemoryConfig
-from hourllava_jax.model.anyres import _insert_row_newlines, base_position_ids, unpad_slices
-from hourllava_jax.model.forgetting import spatial_keep_count, spatial_keep_indices, temporal_frame_indices
-from hourllava_jax.model.memory import _bilinear_matrix, repeat_indices
+from hourllava_jax.memory.forgetting import spatial_keep_count, spatial_keep_indices, temporal_frame_indices
+from hourllava_jax.memory.image_grid import base_position_ids, insert_row_newlines, unpad_slices
+from hourllava_jax.memory.resize import bilinear_matrix, repeat_indices
 
 NEWLINE = -1
 PAD = -2
@@ -69,9 +71,7 @@ def video_layout(num_frames: int, cfg: MemoryConfig, *, key: jax.Array | None = 
     t = rep.shape[0]
     src = np.concatenate([rep[:, None] * p2 + np.arange(p2)[None, :], np.full((t, 1), NEWLINE)], axis=1).reshape(-1)
     pos = np.arange(t * (p2 + 1), dtype=np.int32)
-    if cfg.temporal_forgetting and cfg.temporal_mode == "question":
-        raise ValueError("temporal mode 'question' depends on the question's embeddings: use "
-                         "hourllava_jax.model.memory.build_video_memory (single-sample path)")
+    cfg.validate()  # rejects temporal mode 'question' (see MemoryConfig.validate)
     k_time, k_space = jax.random.split(key) if key is not None else (None, None)
     emb = None if frame_emb is None else np.asarray(frame_emb)[rep]
     frames = np.asarray(temporal_frame_indices(t, cfg, key=k_time, frame_emb=emb))
@@ -83,7 +83,7 @@ def video_layout(num_frames: int, cfg: MemoryConfig, *, key: jax.Array | None = 
 
 def multi_image_layout(num_images: int, tokens_per_image: int, cfg: MemoryConfig, *, key: jax.Array | None = None) -> VisualLayout:
     """Several images in one sample (SPEC §1.6), the batched form of
-    :func:`~hourllava_jax.model.anyres.build_multi_image_memory`: each image's g² tokens then a
+    :func:`~hourllava_jax.memory.reference.build_multi_image_memory`: each image's g² tokens then a
     newline; ids ``arange(N·g²)`` and one newline id ``N·g²`` shared by all; each placeholder's
     query block is its own image's kept tokens (``cfg.spatial_mode``: ``random`` ceil(25%) drawn
     from ``key`` as that function draws them, or ``uniform`` [::2, ::2]) plus its newline.
@@ -109,11 +109,11 @@ def _row_taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int, cfg: MemoryConfig, *,
                  key: jax.Array | None = None) -> VisualLayout:
     """One anyres_max_9 image (SPEC §1.6), the batched form of
-    :func:`~hourllava_jax.model.anyres.build_anyres_memory` (same slots, positions and draw).
+    :func:`~hourllava_jax.memory.reference.build_anyres_memory` (same slots, positions and draw).
 
     Args:
       image_size: original (width, height); num_patches: (npw, nph) crops, from
-        :func:`~hourllava_jax.model.anyres.anyres_grid_shape`; tokens_per_side: g (27 for SigLIP-384).
+        :func:`~hourllava_jax.data.anyres.anyres_grid_shape`; tokens_per_side: g (27 for SigLIP-384).
       cfg: ``spatial_keep_ratio``, ``spatial_mode`` (``random`` needs ``key``), ``image_max_crops``.
     Features: units = [base image, crop_0, ..., crop_{nph*npw-1}], g² tokens each (row-major).
     Memory: g² base tokens, then the unpadded (possibly downscaled) h x w grid, each row followed
@@ -128,8 +128,8 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     h, w = len(r0), len(c0)
     small = _downscaled_size(h, w, g, cfg.image_max_crops)
     if small is not None:  # bilinear downscale (anyres_grid_features): 2 taps per axis
-        rh, wh = _row_taps(_bilinear_matrix(h, small[0]))
-        rw, ww = _row_taps(_bilinear_matrix(w, small[1]))
+        rh, wh = _row_taps(bilinear_matrix(h, small[0]))
+        rw, ww = _row_taps(bilinear_matrix(w, small[1]))
         r_src, c_src = r0[rh], c0[rw]  # [h', 2], [w', 2]
     else:
         r_src, c_src = r0[:, None], c0[:, None]
@@ -160,7 +160,7 @@ def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], toke
     k_base, k_grid = jax.random.split(key) if key is not None else (None, None)
     sel_b = np.asarray(spatial_keep_indices(1, g, g, cfg.spatial_keep_ratio, cfg.spatial_mode, k_base))[0]
     sel_g = np.asarray(spatial_keep_indices(1, h, w, cfg.spatial_keep_ratio, cfg.spatial_mode, k_grid))[0]
-    with_nl = _insert_row_newlines(sel_g, w)  # grid ids, -1 = newline
+    with_nl = insert_row_newlines(sel_g, w)  # grid ids, -1 = newline
     # Grid id i sits in slot g² + row*(w+1) + col; a newline takes the newline slot of the row
     # before it (every newline slot holds the same vector and the same id h*w).
     prev = np.maximum.accumulate(np.where(with_nl < 0, -1, with_nl))
