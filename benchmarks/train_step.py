@@ -62,11 +62,11 @@ from hourllava_jax.memory.layout import video_layout  # noqa: E402
 from hourllava_jax.parallel.mesh import make_mesh  # noqa: E402
 from hourllava_jax.parallel.rules import use_rules  # noqa: E402
 from hourllava_jax.train import distributed  # noqa: E402
-from hourllava_jax.train.config import TrainConfig, load_train_config  # noqa: E402
+from hourllava_jax.train.config import TrainConfig, load_train_config, model_config  # noqa: E402
 from hourllava_jax.train.optimizer import trainable_mask  # noqa: E402
 from hourllava_jax.train.state import create_train_state, materialise_rest  # noqa: E402
 from hourllava_jax.train.step import compile_step, make_train_step, step_flops  # noqa: E402
-from hourllava_jax.cli.train import build_model_and_loss, model_config  # noqa: E402
+from hourllava_jax.cli.train import build_model_and_loss  # noqa: E402
 
 TRAIN_YAML = ROOT / "configs" / "train" / "tiny.yaml"
 # The ~100M Hour-LLaVA-shaped model: overrides of the tiny preset (configs/model/tiny.yaml).

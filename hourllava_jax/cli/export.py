@@ -51,7 +51,7 @@ def export_workdir(
     ``data.tokenizer``, relative to the working directory as at training time). ``dtype``:
     stored dtype (default: the parameters' own, fp32 masters, so a reload is bitwise).
     """
-    from hourllava_jax.cli.train import model_config
+    from hourllava_jax.train.config import model_config
     from hourllava_jax.convert.api import save_pretrained
     from hourllava_jax.convert.hour_llava_keys import build_hour_llava
     from hourllava_jax.train.checkpoint import CheckpointParams

@@ -25,7 +25,7 @@ import jax
 
 from hourllava_jax.config.base import ConfigError, apply_overrides
 from hourllava_jax.convert.mapping import ConversionError
-from hourllava_jax.train.config import TrainConfig, load_train_config
+from hourllava_jax.train.config import TrainConfig, load_train_config, model_config
 from hourllava_jax.train.loop import DataFactory, TrainResult
 from hourllava_jax.train.state import ModelFactory
 from hourllava_jax.train.step import LossFn
@@ -34,16 +34,6 @@ from hourllava_jax.train.warm_start import HFParamLoader, LoadedParams, Targets
 # ==================================================================================================
 # Hour-LLaVA: model, loss, data
 # ==================================================================================================
-
-
-def model_config(cfg: TrainConfig):
-    """The Hour-LLaVA config of a train config: preset + overrides, the stage's forgetting
-    (SPEC §2: spatial only in stage 1), max length and compute dtype."""
-    from hourllava_jax.config import load_model_config
-
-    mcfg = load_model_config(cfg.model, list(cfg.model_overrides))
-    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal")
-    return dataclasses.replace(mcfg, memory=memory, max_length=cfg.max_length, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)
 
 
 def build_model_and_loss(cfg: TrainConfig) -> tuple[ModelFactory, LossFn]:

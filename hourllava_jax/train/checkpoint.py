@@ -229,8 +229,8 @@ class CheckpointParams:
 
     def restore(self, targets: dict[tuple, jax.ShapeDtypeStruct]):
         """Parameters of ``targets`` (abstract, with shardings) that the checkpoint has, each read
-        straight into its target sharding. Returns a ``warm_start.LoadedParams``."""
-        from hourllava_jax.train.warm_start import LoadedParams, check_shape
+        straight into its target sharding. Returns a ``loaded_params.LoadedParams``."""
+        from hourllava_jax.train.loaded_params import LoadedParams, check_shape
 
         wanted, paths = {}, {}
         for path, t in targets.items():

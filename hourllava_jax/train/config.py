@@ -208,3 +208,13 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         p = resolve_config_path(str(path), "train")
     cfg = from_dict(TrainConfig, load_yaml(p), where=str(p))
     return apply_overrides(cfg, overrides)
+
+
+def model_config(cfg: TrainConfig):
+    """The Hour-LLaVA config (``config.HourLlavaConfig``) a train config trains: preset +
+    overrides, the stage's forgetting (SPEC §2: spatial only in stage 1), max length and dtypes."""
+    from hourllava_jax.config import load_model_config
+
+    mcfg = load_model_config(cfg.model, list(cfg.model_overrides))
+    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal")
+    return dataclasses.replace(mcfg, memory=memory, max_length=cfg.max_length, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)

@@ -22,26 +22,12 @@ from hourllava_jax.config.base import ConfigError
 from hourllava_jax.train.config import TrainConfig
 from hourllava_jax.train.state import TrainState
 
-ParamPath = tuple[str | int, ...]
-Targets = dict[ParamPath, jax.ShapeDtypeStruct]  # each with its target sharding
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedParams:
-    """What a source gave: arrays placed on their targets' shardings, and what it could not give."""
-
-    params: dict[ParamPath, jax.Array]  # target path -> array (target shape, dtype, sharding)
-    unused: tuple[str, ...]  # source parameters with no counterpart in the model (dotted paths)
-    description: str  # where they came from, for the log
+from hourllava_jax.train.loaded_params import LoadedParams, ParamPath, Targets, check_shape, dotted  # noqa: F401
 
 
 # ``loader(directory, targets, param_dtype) -> LoadedParams``; a shape mismatch raises an error
 # naming the parameter and both shapes.
 HFParamLoader = Callable[[str, Targets, str], LoadedParams]
-
-
-def dotted(path: ParamPath) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def source_kind(source: str | Path) -> str:
@@ -53,12 +39,6 @@ def source_kind(source: str | Path) -> str:
         return "hf"
     raise ConfigError(f"init.from={source}: neither a training workdir (no checkpoints/) nor a Hugging Face "
                       "directory (no config.json)")
-
-
-def check_shape(source: str, path: ParamPath, got: tuple[int, ...], want: tuple[int, ...]) -> None:
-    if tuple(got) != tuple(want):
-        raise ConfigError(f"init.from={source}: parameter {dotted(path)} has shape {tuple(got)} in the source "
-                          f"but {tuple(want)} in the model")
 
 
 def _summary(paths: list[ParamPath], universe: list[ParamPath]) -> str:
