@@ -57,7 +57,7 @@ DRY_RESULTS = HERE / "results" / "quick"
 # part may use whatever time the others left.
 PARTS = ("peak", "pallas_check", "attention", "memaug", "siglip", "train_step")
 # Share of the budget each part may start work within (cumulative schedule).
-SHARE = {"peak": 0.05, "pallas_check": 0.17, "attention": 0.28, "memaug": 0.12, "siglip": 0.08, "train_step": 0.30}
+SHARE = {"peak": 0.04, "pallas_check": 0.14, "attention": 0.22, "memaug": 0.14, "siglip": 0.06, "train_step": 0.40}
 GOALS = {
     "pallas_max_err": {"bfloat16": 1e-2, "float32": 1e-5},
     "attention_fwd_frac_of_peak": 0.5,
@@ -305,7 +305,7 @@ def part_attention(p: Part, *, xla_limit_gib: float) -> None:
     from hourllava_jax.kernels import attention
 
     h, kh, d = (4, 2, 128) if p.dry else (16, 2, 128)
-    shapes = [(16, 72)] if p.dry else [(2048, 8192), (2048, 32768), (8192, 65536), (8704, 234000)]
+    shapes = [(16, 72)] if p.dry else [(2048, 8192), (2048, 32768), (8704, 234000)]
     reps = 1 if p.dry else 5
     p.data.update(heads=h, kv_heads=kh, head_dim=d, dtype="bfloat16", batch=1, peak_tflops=p.peak_tflops,
                   flops="forward 4*B*H*Lq*Lk*D; forward+backward 3.5x forward", xla_score_limit_gib=xla_limit_gib)
@@ -574,7 +574,7 @@ def part_siglip(p: Part) -> None:
     def encode(params, px):
         return pool_frames(nnx.merge(graph, params)(px), pool)
 
-    for batch in ((2,) if p.dry else (32, 128)):
+    for batch in ((2,) if p.dry else (128,)):
         def run(batch=batch):
             px = jax.random.normal(jax.random.key(0), (batch, vcfg.image_size, vcfg.image_size, 3), jnp.bfloat16)
             r = compile_and_time(encode, (params, px), reps=1 if p.dry else 5)
@@ -687,6 +687,8 @@ def run_part(name: str, args, result_path: Path, soft_deadline: float, hard_dead
 
 def parent_main(args) -> int:
     parts = args.parts or list(PARTS)
+    if args.compile_cache is None and not args.dry_run:
+        args.compile_cache = str(ROOT / ".jax_cache" / "accelerator")
     budget = args.budget_s if args.budget_s is not None else (300.0 if args.dry_run else 285.0)
     out_dir = Path(args.out_dir) if args.out_dir else (DRY_RESULTS if args.dry_run else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -811,7 +813,8 @@ def render_run(r: dict, name: str) -> str:
             lines += [f"- {c['case']}: {_f(c.get('tflops'))} TFLOP/s ({_status(c)})" for c in rows]
         if rows:
             lines.append("")
-    lines += ["Goals (issue 15):", ""] + [f"- {g}" for g in goal_lines(r)] + [""]
+    goals = goal_lines(r) if r.get("mode") == "hardware" else ["not evaluated: a dry run's toy sizes on CPU say nothing about the hardware"]
+    lines += ["Goals (issue 15):", ""] + [f"- {g}" for g in goals] + [""]
     return "\n".join(lines)
 
 
@@ -900,7 +903,8 @@ def parse_args(argv=None):
                     help="skip the xla dot_product_attention where its f32 scores would exceed this")
     ap.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra model config overrides for train_step (e.g. llm.scan_layers=true where it exists)")
-    ap.add_argument("--compile-cache", help="persistent XLA compile cache directory (a rerun then skips compiles)")
+    ap.add_argument("--compile-cache", help="persistent XLA compile cache directory, so a rerun skips compiles "
+                    "(default .jax_cache/accelerator for a hardware run, none for a dry run; '' turns it off)")
     ap.add_argument("--render", action="store_true", help="only rewrite the accelerator section of benchmarks/RESULTS.md")
     ap.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     ap.add_argument("--child-result", help=argparse.SUPPRESS)
