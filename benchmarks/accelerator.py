@@ -689,6 +689,8 @@ def parent_main(args) -> int:
     parts = args.parts or list(PARTS)
     if args.compile_cache is None and not args.dry_run:
         args.compile_cache = str(ROOT / ".jax_cache" / "accelerator")
+    if args.compile_cache:
+        Path(args.compile_cache).mkdir(parents=True, exist_ok=True)
     budget = args.budget_s if args.budget_s is not None else (300.0 if args.dry_run else 285.0)
     out_dir = Path(args.out_dir) if args.out_dir else (DRY_RESULTS if args.dry_run else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -699,8 +701,11 @@ def parent_main(args) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "budget_s": budget, "parts_requested": parts,
         "goals": GOALS, "load_average_start": [round(x, 2) for x in os.getloadavg()], "parts": {},
     }
-    path = None
-    peak = args.peak_tflops
+    path = out_dir / f"{args.name}.json" if args.name else None
+    # A rerun of some parts under an existing run's --name joins that run's JSON (the other parts
+    # are kept, the rerun is listed) and reuses its measured peak.
+    base = json.loads(path.read_text()) if path is not None and path.is_file() and args.parts else None
+    peak = args.peak_tflops or (base or {}).get("peak_bf16_tflops")
     share_total = sum(SHARE[p] for p in parts)
     cum = 0.0
     tmp_dir = out_dir / ".parts"
@@ -725,14 +730,24 @@ def parent_main(args) -> int:
             kind = result.get("env", {}).get("device_kind", "device")
             stem = args.name or ("dry_run" if args.dry_run else f"{_slug(kind)}_{time.strftime('%Y%m%d', time.gmtime())}")
             path = out_dir / f"{stem}.json"
-        _write(path, result)
+        _write(path, _merge(base, result) if base else result)
         print(f"== part {name}: {res.get('status')} in {res.get('part_wall_s', 0)} s; wrote {path}", flush=True)
     for f in tmp_dir.glob("*"):
         f.unlink()
     tmp_dir.rmdir()
     print(f"== done in {result['wall_s']} s: {path}", flush=True)
-    print(render_run(result, path.stem))
+    print(render_run(_merge(base, result) if base else result, path.stem))
     return 0
+
+
+def _merge(base: dict, rerun: dict) -> dict:
+    """``base`` with the parts of ``rerun`` replaced and the rerun recorded."""
+    out = {**base, "parts": {**base.get("parts", {}), **rerun["parts"]}}
+    note = {k: rerun.get(k) for k in ("date", "parts_requested", "wall_s", "budget_s", "env")}
+    out["reruns"] = [*base.get("reruns", []), note]
+    if rerun.get("peak_bf16_tflops") and "peak" in rerun["parts"]:
+        out["peak_bf16_tflops"] = rerun["peak_bf16_tflops"]
+    return out
 
 
 def _write(path: Path, obj: dict) -> None:
@@ -772,6 +787,9 @@ def render_run(r: dict, name: str) -> str:
              f"{env.get('device_count', '?')} device(s)); jax {env.get('jax', '?')}, Python {env.get('python', '?')}; "
              f"wall {r.get('wall_s')} s of a {r.get('budget_s')} s budget; bf16 matmul peak measured in this run: "
              f"{_f(r.get('peak_bf16_tflops'))} TFLOP/s.", ""]
+    for rr in r.get("reruns", []):
+        lines += [f"Rerun {rr.get('date')} of {', '.join(rr.get('parts_requested') or [])} ({rr.get('wall_s')} s); "
+                  "those parts' rows below come from it.", ""]
     parts = r.get("parts", {})
     for pname, part in parts.items():
         lines.append(f"**{pname}**: {part.get('status')}" + (f" ({part['error']})" if part.get("error") else ""))

@@ -123,3 +123,15 @@ def test_results_md_section_is_replaced_in_place(tmp_path):
     text = md.read_text()
     assert text.count(acc.SECTION_START) == 1 and text.startswith("# Benchmark results\n\nbefore\n") and text.endswith("after\n")
     assert acc.render_section(tmp_path / "missing") == ""
+
+
+def test_rerun_of_some_parts_joins_the_first_run():
+    first = {"mode": "hardware", "date": "d1", "peak_bf16_tflops": 700.0,
+             "parts": {"peak": {"status": "ok"}, "attention": {"status": "ok"}, "train_step": {"status": "killed"}}}
+    rerun = {"date": "d2", "parts_requested": ["train_step"], "wall_s": 90.0, "peak_bf16_tflops": 700.0,
+             "parts": {"train_step": {"status": "ok"}}}
+    merged = acc._merge(first, rerun)
+    assert merged["parts"] == {"peak": {"status": "ok"}, "attention": {"status": "ok"}, "train_step": {"status": "ok"}}
+    assert merged["reruns"][0]["parts_requested"] == ["train_step"] and merged["date"] == "d1"
+    assert "Rerun d2 of train_step (90.0 s)" in acc.render_run(merged, "x")
+    assert first["parts"]["train_step"] == {"status": "killed"}  # the first run's record is not mutated
