@@ -22,6 +22,9 @@ part too):
   train_step    Qwen2.5-3B-shaped Hour-LLaVA train step (random weights, bf16 compute, fp32
                 masters, remat full, 1 x (8,704 decayed + 256 text) tokens, stage-3 freezing):
                 compile time, step time, tokens/s, MFU against the measured peak.
+  blocks        (opt-in: ``--parts blocks``) pallas_gpu tile sweep (block_q x block_k, warps,
+                stages) at the 1-hour MemAug cross-attention and a ~9k causal LLM attention:
+                what the GPU defaults in kernels/blocks.py are to be picked from.
 
 The parent process never imports JAX: it starts one child per part with a soft deadline (the
 part's share of ``--budget-s``; time a part leaves unused goes to the next ones), streams its
@@ -57,7 +60,9 @@ DRY_RESULTS = HERE / "results" / "quick"
 # part may use whatever time the others left.
 PARTS = ("peak", "pallas_check", "attention", "memaug", "siglip", "train_step")
 # Share of the budget each part may start work within (cumulative schedule).
-SHARE = {"peak": 0.04, "pallas_check": 0.14, "attention": 0.22, "memaug": 0.14, "siglip": 0.06, "train_step": 0.40}
+SHARE = {"peak": 0.04, "pallas_check": 0.14, "attention": 0.22, "memaug": 0.14, "siglip": 0.06, "train_step": 0.40,
+         "blocks": 0.5}
+OPT_IN = ("blocks",)  # run only when named in --parts
 GOALS = {
     "pallas_max_err": {"bfloat16": 1e-2, "float32": 1e-5},
     "attention_fwd_frac_of_peak": 0.5,
@@ -346,6 +351,50 @@ def part_attention(p: Part, *, xla_limit_gib: float) -> None:
         del q, k, v, do
 
 
+# Pallas GPU tiles to compare (block_q, block_k, num_warps, num_stages); the first is the default.
+BLOCK_CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
+
+
+def part_blocks(p: Part) -> None:
+    """Opt-in (``--parts blocks``): pallas_gpu tile sweep at the 1-hour MemAug cross-attention
+    and the ~9k-token causal LLM self-attention, forward and forward+backward; what the GPU
+    defaults in kernels/blocks.py should be picked from."""
+    import jax
+    import jax.numpy as jnp
+
+    from hourllava_jax.kernels import BlockSizes, attention
+
+    h, kh, d = (4, 2, 128) if p.dry else (16, 2, 128)
+    shapes = [("cross", 16, 72, False)] if p.dry else [("memaug cross 1 h", 8704, 234000, False), ("llm causal", 8960, 8960, True)]
+    configs = [(16, 16, 4, 2), (32, 16, 4, 2)] if p.dry else BLOCK_CONFIGS
+    reps = 1 if p.dry else 5
+    p.data.update(heads=h, kv_heads=kh, head_dim=d, dtype="bfloat16", peak_tflops=p.peak_tflops)
+    for label, lq, lk, causal in shapes:
+        q, k, v, do = _attention_inputs(1, lq, lk, h, kh, d, jnp.bfloat16)
+        f_fwd, f_all = attention_flops(1, lq, lk, h, d)
+        if causal:  # about half of the score matrix is computed
+            f_fwd, f_all = f_fwd / 2, f_all / 2
+        for bq, bk, warps, stages in configs:
+            f = functools.partial(attention, causal=causal, impl="pallas_gpu", block_sizes=BlockSizes(bq, bk, warps, stages))
+            for mode, fn, args, flops in (("fwd", f, (q, k, v), f_fwd),
+                                          ("fwd+bwd", lambda q, k, v, do, f=f: jax.vjp(f, q, k, v)[1](do), (q, k, v, do), f_all)):
+                def run(fn=fn, args=args, flops=flops):
+                    r = compile_and_time(fn, args, reps=reps)
+                    tflops = flops / r["seconds"] / 1e12
+                    return {**r, "ms": r["seconds"] * 1e3, "tflops": tflops, "frac_of_peak": frac(tflops, p.peak_tflops)}
+
+                p.case(f"{label} {mode} {bq}x{bk} w{warps} s{stages}", run, shape=label, lq=lq, lk=lk, causal=causal, mode=mode,
+                       block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
+        del q, k, v, do
+    best = {}
+    for c in p.data["cases"]:
+        if c.get("status") == "ok":
+            key = f"{c['shape']} {c['mode']}"
+            if key not in best or c["ms"] < best[key]["ms"]:
+                best[key] = {k: c[k] for k in ("block_q", "block_k", "num_warps", "num_stages", "ms", "tflops")}
+    p.data["best"] = best
+
+
 def memaug_flops(lq: int, lk: int, h: int, heads: int, kv: int, depth: int) -> float:
     """Matmul FLOPs of a MemAug forward (2 per multiply-add), as benchmarks/memaug_scaling.py."""
     d = h // heads
@@ -612,6 +661,8 @@ def child_main(args) -> int:
             part_train_step(p, model_set=args.model_set)
         elif p.name == "siglip":
             part_siglip(p)
+        elif p.name == "blocks":
+            part_blocks(p)
         if args.debug_part_sleep:  # test hook: a part that overruns the run's deadline
             time.sleep(args.debug_part_sleep)
         bad = [c for c in p.data["cases"] if c.get("status") == "error"]
@@ -827,6 +878,12 @@ def render_run(r: dict, name: str) -> str:
             for c in rows:
                 lines.append(f"| {c.get('batch')} | {_f(c.get('frames_per_s'))} | {_f(c.get('hour_seconds'))} | {_f(c.get('tflops'))} | "
                              f"{_pct(c.get('frac_of_peak'))} | {_f(c.get('compile_s'))} | {_status(c)} |")
+        elif pname == "blocks" and rows:
+            lines += ["| shape | mode | block_q x block_k | warps | stages | ms | TFLOP/s | of peak | status |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for c in rows:
+                lines.append(f"| {c.get('shape')} | {c.get('mode')} | {c.get('block_q')}x{c.get('block_k')} | {c.get('num_warps')} | "
+                             f"{c.get('num_stages')} | {_f(c.get('ms'))} | {_f(c.get('tflops'))} | {_pct(c.get('frac_of_peak'))} | {_status(c)} |")
         elif pname == "peak" and rows:
             lines += [f"- {c['case']}: {_f(c.get('tflops'))} TFLOP/s ({_status(c)})" for c in rows]
         if rows:
@@ -912,7 +969,8 @@ def update_results_md(path: Path = HERE / "RESULTS.md", results_dir: Path = RESU
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on CPU (Pallas interpret mode); CI runs this")
-    ap.add_argument("--parts", nargs="+", choices=PARTS, help=f"subset to run, in this order: {' '.join(PARTS)}")
+    ap.add_argument("--parts", nargs="+", choices=PARTS + OPT_IN,
+                    help=f"subset to run (default, in this order: {' '.join(PARTS)}); opt-in: blocks (Pallas GPU tile sweep)")
     ap.add_argument("--budget-s", type=float, help="whole-run time budget in seconds (default 285; dry run 300)")
     ap.add_argument("--name", help="JSON file stem (default: <device kind>_<date>; dry run: dry_run)")
     ap.add_argument("--out-dir", help="default benchmarks/results/accelerator (dry run: benchmarks/results/quick)")
@@ -924,7 +982,7 @@ def parse_args(argv=None):
     ap.add_argument("--compile-cache", help="persistent XLA compile cache directory, so a rerun skips compiles "
                     "(default .jax_cache/accelerator for a hardware run, none for a dry run; '' turns it off)")
     ap.add_argument("--render", action="store_true", help="only rewrite the accelerator section of benchmarks/RESULTS.md")
-    ap.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=PARTS + OPT_IN, help=argparse.SUPPRESS)
     ap.add_argument("--child-result", help=argparse.SUPPRESS)
     ap.add_argument("--soft-deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--debug-part-sleep", type=float, default=0.0, help=argparse.SUPPRESS)
