@@ -55,7 +55,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # benchmarks/ is a directory of scripts, not a package
+
 from accelerator_report import SECTION_END, SECTION_START, render_run, render_section, update_results_md  # noqa: E402,F401
+
 RESULTS = HERE / "results" / "accelerator"
 DRY_RESULTS = HERE / "results" / "quick"
 # The 3B train step runs last: its compile is the longest and least predictable, and the last
