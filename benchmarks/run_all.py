@@ -100,6 +100,7 @@ def render(results_dir: Path = RESULTS) -> str:
                 for k2, v2 in v.items():
                     if isinstance(v2, list) and v2 and isinstance(v2[0], dict):
                         lines += [f"**{k}.{k2}**", ""] + _table(v2) + [""]
+    lines += [s for s in [__import__("runpy").run_path(str(HERE / "accelerator_report.py"))["render_section"](results_dir / "accelerator")] if s]
     return "\n".join(lines) + "\n"
 
 

@@ -34,11 +34,15 @@ class MetricsLogger:
         if not self.enabled:
             return
         workdir = Path(workdir)
+        if tensorboard:
+            # Optional: machines without tensorboardX (the GPU benchmark machine) set tensorboard=false.
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError(f"tensorboard: true needs the tensorboardX package ({e}); install it or set tensorboard=false") from e
         workdir.mkdir(parents=True, exist_ok=True)
         self._file = open(workdir / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives SIGKILL
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
         if wandb_project:
             try:

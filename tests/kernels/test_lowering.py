@@ -7,6 +7,8 @@ and Triton's power-of-two shapes; the Mosaic/Triton compile itself is not run he
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -19,8 +21,18 @@ TRITON = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 PLATFORM = {"pallas_tpu": ("tpu", "tpu_custom_call"), "pallas_gpu": ("cuda", "__gpu$xla.gpu.triton")}
 
 
+def _target(platform):
+    """Newer JAX (0.12) asks the Triton lowering for the target GPU's compute capability, which a
+    CPU-only machine has no device to answer: name an abstract NVIDIA GPU (older JAX ignores it)."""
+    if platform != "cuda":
+        return contextlib.nullcontext()
+    gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=gpu))
+
+
 def _export(fn, platform, *avals):
-    exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=TRITON)(*avals)
+    with _target(platform):
+        exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=TRITON)(*avals)
     blob = exp.serialize()
     assert export.deserialize(blob).platforms == (platform,)
     return exp.mlir_module()
