@@ -32,6 +32,7 @@ SCRIPTS: dict[str, list[str]] = {
     "decode": ["--minutes", "3"],  # >= 128 s so the 1-FPS stride rule applies
     "pipeline": ["--videos", "12"],
     "eval_throughput": ["--quick"],
+    "init_memory": ["--scale", "16"],
 }
 
 

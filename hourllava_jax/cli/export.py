@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from hourllava_jax.config.base import ConfigError
 from hourllava_jax.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES
 
@@ -53,7 +55,8 @@ def export_workdir(
     """
     from hourllava_jax.train.config import model_config
     from hourllava_jax.convert.api import save_pretrained
-    from hourllava_jax.convert.hour_llava_keys import build_hour_llava
+    from hourllava_jax.convert.hour_llava_keys import build_hour_llava, hour_llava_hf_rules
+    from hourllava_jax.convert.mapping import iter_hf_tensors
     from hourllava_jax.train.checkpoint import CheckpointParams
     from hourllava_jax.train.config import load_train_config
 
@@ -71,8 +74,17 @@ def export_workdir(
     mcfg = model_config(cfg)
     ckpt = CheckpointParams(workdir, step)
     model = build_hour_llava(mcfg, mcfg.dtype, mcfg.param_dtype)  # abstract: shapes and paths only
-    save_pretrained(model, mcfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite,
-                    read=lambda path: ckpt.read(".".join(str(p) for p in path)))
+
+    def read(path):
+        return ckpt.read(".".join(str(p) for p in path))
+
+    if jax.process_index() != 0:
+        # Several processes (export_hf after a multi-host run): orbax reads are collective (a
+        # barrier each), so the others read along, tensor for tensor, and process 0 writes.
+        for _ in iter_hf_tensors(model, hour_llava_hf_rules(mcfg), read=read):
+            pass
+        return out
+    save_pretrained(model, mcfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite, read=read)
     try:
         copy_tokenizer(tok, out)
     except BaseException:
