@@ -194,9 +194,15 @@ class CheckpointParams:
 
     ``shapes``: dotted parameter path -> ``(shape, dtype)`` from the checkpoint's metadata (no data
     read). Orbax stores nested-dict keys as strings, so paths are matched by their dotted form.
+    ``read_group_bytes``: :meth:`read` fetches not-yet-read tensors together up to this many bytes
+    (each orbax restore re-reads the whole tree's metadata, so one call per tensor costs seconds
+    for a small model); the host holds at most one group.
     """
 
-    def __init__(self, workdir: str | Path, step: int | None = None):
+    def __init__(self, workdir: str | Path, step: int | None = None, *, read_group_bytes: int = 256 << 20):
+        self._group_bytes = read_group_bytes
+        self._fetched: dict[str, np.ndarray] = {}
+        self._done: set[str] = set()
         directory = Path(workdir).resolve() / "checkpoints"
         # Only finalised steps are listed (a save killed mid-way leaves a tmp dir, not a step).
         steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
@@ -243,11 +249,24 @@ class CheckpointParams:
         unused = tuple(k for k in self.shapes if k not in wanted)
         return LoadedParams({paths[k]: v for k, v in got.items()}, unused, self.description)
 
+    def _nbytes(self, key: str) -> int:
+        shape, dtype = self.shapes[key]
+        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
     def read(self, key: str) -> np.ndarray:
-        """One parameter (dotted path) as a host array: only that tensor is read."""
+        """One parameter (dotted path) as a host array. The first read of a group also fetches
+        further unread tensors up to ``read_group_bytes`` (class docstring)."""
         if key not in self.shapes:
             raise KeyError(f"{self.description}: no parameter {key}")
-        return np.asarray(self._restore({key: ocp.RestoreArgs(restore_type=np.ndarray)})[key])
+        if key not in self._fetched:
+            group, size = [key], self._nbytes(key)
+            for k in self.shapes:
+                if k != key and k not in self._done and k not in self._fetched and size + self._nbytes(k) <= self._group_bytes:
+                    group.append(k)
+                    size += self._nbytes(k)
+            self._fetched.update(self._restore({k: ocp.RestoreArgs(restore_type=np.ndarray) for k in group}))
+        self._done.add(key)
+        return np.asarray(self._fetched.pop(key))
 
 
 def _flatten(tree: Any) -> dict[tuple, Any]:
