@@ -6,11 +6,11 @@ import jax
 import numpy as np
 from train_harness import REPO, host_tree, one_device_mesh, run_steps
 
+from hourllava_jax.cli.train import model_config
 from hourllava_jax.model.inputs import Sample, collate
 from hourllava_jax.model.layout import video_layout
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.config import load_train_config
-from hourllava_jax.cli.train import model_config
 
 
 def _batches(cfg, n_batches: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
