@@ -38,6 +38,8 @@ from hourllava_jax.train.warm_start import HFParamLoader, LoadedParams, Targets
 
 def build_model_and_loss(cfg: TrainConfig) -> tuple[ModelFactory, LossFn]:
     """``(model_factory(rngs) -> HourLlava, loss_fn(model, batch, rng) -> (loss, aux))``."""
+    if cfg.model == "standin":
+        raise ConfigError("model: standin is the trainer tests' stand-in; run it with tests/train/standin_main.py")
     from hourllava_jax.model.hour_llava import HourLlava, loss_fn
 
     mcfg = model_config(cfg)

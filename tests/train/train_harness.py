@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from hourllava_jax.cli import train as cli_train
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.parallel.rules import use_rules
 from hourllava_jax.train import distributed
@@ -19,12 +20,18 @@ from hourllava_jax.train.config import TrainConfig, load_train_config
 from hourllava_jax.train.optimizer import trainable_mask
 from hourllava_jax.train.state import create_train_state
 from hourllava_jax.train.step import compile_step, make_train_step
-from standin import build_data, build_model_and_loss
+import standin  # this folder: the stand-in model and its data
+from standin import build_data
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "train" / "standin.yaml"
 # launch/train.py with the stand-in builders (hourllava_jax.cli.train.main(builders=...)).
 STANDIN_MAIN = Path(__file__).resolve().parent / "standin_main.py"
+
+
+def build_model_and_loss(cfg: TrainConfig):
+    """The stand-in for ``model: standin``, Hour-LLaVA (the entry point's builder) otherwise."""
+    return (standin if cfg.model == "standin" else cli_train).build_model_and_loss(cfg)
 
 
 def tiny_cfg(*overrides: str) -> TrainConfig:
