@@ -414,7 +414,7 @@ def part_memaug(p: Part) -> None:
     from hourllava_jax.config import MemAugConfig, MemoryConfig
     from hourllava_jax.kernels import default_impl
     from hourllava_jax.model.memaug import MemAug, MemAugDims
-    from hourllava_jax.model.memory import build_video_memory
+    from hourllava_jax.memory.reference import build_video_memory
 
     if p.dry:
         frames, hidden, heads, kv, depth, mem_cfg = 24, 64, 4, 2, 1, MemoryConfig(pool_size=4, min_frames=16)
@@ -476,8 +476,8 @@ def _synthetic_video_batch(mcfg, frames: int, text_len: int, seed: int = 0):
     """One video sample collated as the data pipeline does (features stand in for SigLIP)."""
     import numpy as np
 
-    from hourllava_jax.model.inputs import Sample, collate
-    from hourllava_jax.model.layout import video_layout
+    from hourllava_jax.data.collate import Sample, collate
+    from hourllava_jax.memory.layout import video_layout
 
     rng = np.random.default_rng(seed)
     p2, c = mcfg.memory.pool_size**2, mcfg.vision.hidden_size
@@ -607,7 +607,7 @@ def part_siglip(p: Part) -> None:
     from flax import nnx
 
     from hourllava_jax.config import load_model_config
-    from hourllava_jax.model.memory import pool_frames
+    from hourllava_jax.memory.resize import pool_frames
     from hourllava_jax.model.siglip import SiglipVisionTower
 
     mcfg = load_model_config("tiny" if p.dry else "hourllava_3b")

@@ -61,7 +61,7 @@ def load(path: str, scale: int) -> dict:
     import numpy as np
     from flax import traverse_util
 
-    from hourllava_jax.cli.train import model_config
+    from hourllava_jax.train.config import model_config
     from hourllava_jax.convert import init as init_lib
     from hourllava_jax.parallel.mesh import make_mesh
     from hourllava_jax.parallel.rules import use_rules
