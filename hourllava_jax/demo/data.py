@@ -2,7 +2,7 @@
 
 Train and held-out sets are separate ``make_needle_dataset`` calls with different seeds, so no
 held-out video (haystack, needle colour or placement) is ever seen in training. Features are
-extracted the way the release pre-extracts (SPEC §2): 1-FPS decode -> SigLIP preprocessing ->
+extracted the way the release pre-extracts (design §3): 1-FPS decode -> SigLIP preprocessing ->
 vision tower (frozen) -> bilinear pool -> one ``float32[N, p², C]`` per video, stored without
 pickle in a :mod:`hourllava_jax.data.features` store.
 """

@@ -1,7 +1,7 @@
 """Needle records + stored features -> model :class:`~hourllava_jax.model.inputs.Sample`s.
 
 A needle item is one video's features float32[T, p², C] (T = seconds at 1 FPS), its question
-and its answer, tokenized exactly as training data (SPEC §3: time instruction, ChatML, labels).
+and its answer, tokenized exactly as training data (design §4: time instruction, ChatML, labels).
 Two answer formats:
 
 * ``letter``: the record as written by ``make_needle_dataset`` (options A-D in a random order,

@@ -1,7 +1,7 @@
 """Held-out needle accuracy by option scoring.
 
 Each held-out item is fed in its training form (question and answer, teacher-forced). The LLM
-is causal and MemAug's query holds only unlabelled tokens (SPEC §1.4), so nothing at or after
+is causal and MemAug's query holds only unlabelled tokens (design §2.4), so nothing at or after
 the answer reaches the logit that predicts it: the log-likelihood of each single-token option
 read at that logit is exactly the option's score, and the prediction is the best option.
 (The release would query MemAug with the whole prompt at inference; here the query is the

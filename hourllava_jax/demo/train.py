@@ -1,9 +1,9 @@
 """The demo's training loop: stage-3 recipe on in-memory batches, one compiled step.
 
-Stage 3 (SPEC §2): projector, MemAug, LLM and ``image_newline`` train, the vision tower is
+Stage 3 (design §3.1): projector, MemAug, LLM and ``image_newline`` train, the vision tower is
 frozen (features are pre-extracted, so it is not even on the path). The optimizer is the
 project's (``train/optimizer.py``: per-module AdamW groups, warmup + cosine, global-norm clip).
-The step follows STYLE lesson 1: ``nnx.split`` into trained params and the rest,
+The step follows design §7.1: ``nnx.split`` into trained params and the rest,
 ``jax.value_and_grad`` of a function that merges them, inside one ``jax.jit`` with the params
 and optimizer state donated.
 

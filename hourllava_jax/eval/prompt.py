@@ -9,7 +9,7 @@
     Answer with the option's letter from the given choices directly.
 
 This is the user text after the video placeholder. The time instruction ("The video lasts for
-... seconds, and N frames are uniformly sampled from it", SPEC §3) and the chat template are
+... seconds, and N frames are uniformly sampled from it", design §4) and the chat template are
 added by the inference pipeline, which knows the sampled frames; it passes their timestamps
 here so that, with subtitles, only the lines shown during a sampled frame are kept (the
 lmms-eval Video-MME "w/ subs" rule), which bounds the prompt length on hour-long videos.

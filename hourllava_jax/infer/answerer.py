@@ -5,11 +5,11 @@
 * ``answer(item)``: the video is encoded once (memory cache; the runner sends a video's
   questions consecutively and calls ``release_video`` after the last), the user text is
   ``eval.prompt.build_prompt(item, timestamps)`` (subtitles filtered to the sampled frames),
-  the time instruction and ChatML are added by the pipeline (SPEC §3), greedy generation.
+  the time instruction and ChatML are added by the pipeline (design §4), greedy generation.
 * ``option_loglikelihoods(item)``: log p(continuation_i | video, prompt) for every option,
   teacher-forced: the prompt is prefilled once into the KV cache and all options go through one
   batched forward on top of it. The visual tokens come from the prompt alone (MemAug's query is
-  the prompt, SPEC §1.4, exactly as when generating); each option's tokens follow the prompt's
+  the prompt, design §2.4, exactly as when generating); each option's tokens follow the prompt's
   last valid token. The continuation is ``"{letter}. {option}"`` by default (what the prompt
   asks for, followed by the option's own tokens; ``target="letter"`` / ``"option"`` score the
   letter or the text alone). Scores are sums over the continuation's tokens (lmms-eval's

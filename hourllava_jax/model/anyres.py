@@ -1,4 +1,4 @@
-"""Images: ``anyres_max_9`` geometry, the image memory and its query (SPEC §1.6).
+"""Images: ``anyres_max_9`` geometry, the image memory and its query (design §1.4).
 
 Image side (pure functions on PIL images, as LLaVA-NeXT): pick the best pinpoint resolution,
 resize keeping the aspect, pad black and centre, cut 384² crops, plus a base image resized
@@ -79,7 +79,7 @@ def divide_to_patches(image, patch: int) -> list:
 
 
 def anyres_image_crops(image, max_grid: int = 6, patch: int = 384) -> tuple[list, Size]:
-    """[base image resized to patch², crop_0, ..., crop_{nph*npw-1}] and (npw, nph) (SPEC §1.6)."""
+    """[base image resized to patch², crop_0, ..., crop_{nph*npw-1}] and (npw, nph) (design §1.4)."""
     from PIL import Image
 
     best = select_best_resolution(image.size, grid_pinpoints(max_grid, patch))
@@ -118,7 +118,7 @@ def unpad_slices(cur_h: int, cur_w: int, original_size: Size) -> tuple[slice, sl
 
 
 def anyres_grid_features(crop_feats: jax.Array, num_patches: Size, image_size: Size, max_crops: int = 9) -> jax.Array:
-    """Crop features -> the unpadded (and possibly downscaled) grid (SPEC §1.6).
+    """Crop features -> the unpadded (and possibly downscaled) grid (design §1.4).
 
     Args:
       crop_feats: float[nph*npw, g*g, C], crops row-major (the base image excluded).
@@ -167,7 +167,7 @@ def base_position_ids(h: int, w: int, g: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ImageMemory:
-    """One single image's memory and query (SPEC §1.6).
+    """One single image's memory and query (design §1.4).
 
     memory: float[g² + h*(w+1), H]: base tokens, then grid rows each followed by the newline.
     memory_positions: int32[same]: base ids, then grid ids arange(h*w) with every newline = h*w.
@@ -229,7 +229,7 @@ def build_anyres_memory(base: jax.Array, grid: jax.Array, newline: jax.Array, *,
 
 @dataclasses.dataclass(frozen=True)
 class MultiImageMemory:
-    """N images of g² tokens (SPEC §1.6, also the single-crop image with N = 1).
+    """N images of g² tokens (design §1.4, also the single-crop image with N = 1).
 
     memory: float[N*(g²+1), H], each image's tokens then the newline; memory_positions: image n's
     tokens n*g² + arange(g²), every newline N*g². query: float[N, k+1, H], each image's kept

@@ -1,4 +1,4 @@
-"""The video memory repository and its decayed tokens (SPEC §1.2–1.3), as pure array functions.
+"""The video memory repository and its decayed tokens (design §1.2, §2), as pure array functions.
 
 Flow for one video: SigLIP features float[T, 27, 27, C] -> :func:`pool_frames` (bilinear to
 p x p, before the projector) -> projector -> :func:`repeat_to_min_frames` (T < 128 -> 128) ->
@@ -58,7 +58,7 @@ def bilinear_resize(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
 
 
 def pool_frames(features: jax.Array, size: int) -> jax.Array:
-    """Per-frame bilinear resize (SPEC §1.2): float[T, g, g, C] or float[T, g*g, C] -> float[T, size*size, C]."""
+    """Per-frame bilinear resize (design §1.2): float[T, g, g, C] or float[T, g*g, C] -> float[T, size*size, C]."""
     if features.ndim == 3:
         g = int(round(features.shape[1] ** 0.5))
         if g * g != features.shape[1]:
@@ -81,7 +81,7 @@ def repeat_indices(num_frames: int, min_frames: int) -> np.ndarray:
 
 
 def repeat_to_min_frames(x: jax.Array, min_frames: int) -> jax.Array:
-    """float[T, ...] -> float[max(T, min_frames), ...] (SPEC §1.2)."""
+    """float[T, ...] -> float[max(T, min_frames), ...] (design §1.2)."""
     return x[repeat_indices(x.shape[0], min_frames)]
 
 
@@ -90,7 +90,7 @@ def repeat_to_min_frames(x: jax.Array, min_frames: int) -> jax.Array:
                    meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class VideoMemory:
-    """One video's memory repository and decayed tokens (SPEC §1.3). p2 = pool_size², k = kept per frame.
+    """One video's memory repository and decayed tokens (design §2). p2 = pool_size², k = kept per frame.
 
     memory: float[T*(p2+1), H], per frame its p2 tokens then the newline.
     memory_positions: int32[T*(p2+1)] = arange.
@@ -109,7 +109,7 @@ class VideoMemory:
 
 def build_video_memory(frame_tokens: jax.Array, newline: jax.Array, cfg: MemoryConfig, *,
                        rng: jax.Array | None = None, question_emb: jax.Array | None = None) -> VideoMemory:
-    """Memory repository + spatial/temporal forgetting for one video (SPEC §1.2–1.3).
+    """Memory repository + spatial/temporal forgetting for one video (design §1.2, §2).
 
     Args:
       frame_tokens: float[T, p*p, H] projected, pooled frame tokens (before repetition).

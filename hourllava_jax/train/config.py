@@ -1,4 +1,4 @@
-"""Typed training config (SPEC §2): stage, per-module optimisation, batches, schedule,
+"""Typed training config (design §3): stage, per-module optimisation, batches, schedule,
 checkpointing, logging, parallelism. Stage presets live in ``configs/train/*.yaml``.
 
 The ``model`` field names a model preset (``configs/model/<name>.yaml``) and ``model_overrides``
@@ -38,7 +38,7 @@ class ModuleOptim:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW, warmup then cosine to 0, global-norm clipping (SPEC §2 'Common')."""
+    """AdamW, warmup then cosine to 0, global-norm clipping (design §3.1 'Common')."""
 
     modules: dict[str, ModuleOptim] = dataclasses.field(default_factory=dict)
     warmup_ratio: float = 0.03
@@ -130,7 +130,7 @@ class TrainConfig:
     stage: int = 3
     model: str = "tiny"  # model preset name or YAML path (config.load_model_config)
     model_overrides: tuple[str, ...] = ()
-    # SPEC §2: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
+    # design §3.1: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
     forgetting: Literal["spatial", "spatial+temporal"] = "spatial+temporal"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -140,7 +140,7 @@ class TrainConfig:
     num_steps: int = 1000  # optimizer steps (1 epoch of the stage's data in the paper)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log_every: int = 10
-    remat: RematPolicy = "full"  # gradient checkpointing (SPEC §2); the model reads the name
+    remat: RematPolicy = "full"  # gradient checkpointing (design §3.1); the model reads the name
     compute_dtype: Dtype = "bfloat16"  # params are cast to this inside the step; masters stay fp32
     param_dtype: Dtype = "float32"
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1, "memory": 1})

@@ -94,6 +94,6 @@ def test_control_bound_counts_kept_needles() -> None:
 
     cfg = load_model_config("tiny")
     kept = kept_frames(32, cfg)
-    assert list(kept) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), SPEC §1.3
+    assert list(kept) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), design §2
     items = [_item(32, n, "red") for n in (22, 3, 16, 9)]  # one of four needles kept
     assert control_bound(items, cfg) == 0.25 + 0.75 / 4

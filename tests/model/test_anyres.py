@@ -1,4 +1,4 @@
-"""anyres_max_9 geometry, image memories and their positions (SPEC §1.6); golden values by hand."""
+"""anyres_max_9 geometry, image memories and their positions (design §1.4); golden values by hand."""
 
 from __future__ import annotations
 

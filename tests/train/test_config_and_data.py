@@ -1,4 +1,4 @@
-"""Stage configs against the SPEC §2 table; the in-memory data iterator; metrics helpers."""
+"""Stage configs against the design §3.1 table; the in-memory data iterator; metrics helpers."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def test_stage_configs_follow_spec(size, stage):
     assert (o.warmup_ratio, o.schedule, o.grad_clip, o.weight_decay) == (0.03, "cosine", 1.0, 0.0)
     assert cfg.forgetting == ("spatial" if stage == 1 else "spatial+temporal")
     cfg.data.check_sources()
-    assert cfg.data.image_root  # every stage trains on image records (SPEC §2 table)
-    assert cfg.data.record_weights == ((3.0, 1.0) if stage == 3 else ())  # 3:1 long:short (SPEC §4)
+    assert cfg.data.image_root  # every stage trains on image records (design §3.1 table)
+    assert cfg.data.record_weights == ((3.0, 1.0) if stage == 3 else ())  # 3:1 long:short (design §5)
 
 
 def test_record_weights_must_match_the_record_files():
