@@ -1,4 +1,4 @@
-"""Pre-extracts pooled SigLIP features of a video tree into a feature store (SPEC §2 "Pre-extraction").
+"""Pre-extracts pooled SigLIP features of a video tree into a feature store (design §3.3 "Pre-extraction").
 
     python launch/extract_features.py --videos DATA/videos --out DATA/feature_store \
         --model CKPT_DIR [--min-frames 128] [--batch-frames 64] [--dtype float32] \
@@ -8,7 +8,7 @@
 Per video (key = path under --videos without extension, i.e. ``<data_source>/<stem>``):
 frames at the release's indices (``extraction_indices``: ``max(int(duration), 128)`` uniform
 indices plus the last frame), decoded by PyAV and resized with PIL bicubic to the tower's input
-size (SPEC §1.1), SigLIP (fp32), bilinear resize of the grid to p x p per frame (SPEC §1.2),
+size (design §1.1), SigLIP (fp32), bilinear resize of the grid to p x p per frame (design §1.2),
 stored as float[N, p², C] with the duration (``data/features.py``).
 
 Sharding: videos are sorted and process ``i`` takes every ``P``-th one from ``i``
@@ -53,7 +53,7 @@ RELEASE_MIN_FRAMES = 128
 
 
 def extraction_indices(num_frames: int, duration: float, min_frames: int = RELEASE_MIN_FRAMES) -> np.ndarray:
-    """The release's pre-extraction frames (SPEC §2): ``k = max(int(duration), min_frames)``
+    """The release's pre-extraction frames (design §3): ``k = max(int(duration), min_frames)``
     uniform indices ``floor(i * N / k)`` for i < k, plus the last frame N-1 -> int64[k + 1], always
     (so N stored = k + 1 is a function of the duration alone). With N < k + 1 frames repeat.
 
@@ -111,7 +111,7 @@ def build_encoder(model: str | None, *, tiny: bool = False, seed: int = 0, pool_
                   batch_frames: int = 64) -> FrameEncoder:
     """A SigLIP checkpoint directory or an Hour-LLaVA one (``load_pretrained``), or ``tiny``: the
     random-init tower of ``configs/model/tiny.yaml``. Pool size: the Hour-LLaVA config's, else
-    ``pool_size`` (default 8, SPEC §1.2)."""
+    ``pool_size`` (default 8, design §1.2)."""
     if tiny:
         from hourllava_jax.config import load_model_config
         from hourllava_jax.model.siglip import SiglipVisionTower

@@ -1,4 +1,4 @@
-"""Train Hour-LLaVA (SPEC §2): ``python launch/train.py --config configs/train/tiny.yaml
+"""Train Hour-LLaVA (design §3): ``python launch/train.py --config configs/train/tiny.yaml
 --workdir /tmp/run [--set key=value ...]``.
 
 Resumes automatically from the latest complete checkpoint in ``--workdir``. On a TPU pod or
@@ -88,7 +88,7 @@ class StandInModel(nnx.Module):
 
 
 def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Array):
-    """Mean token cross-entropy over labels != -100 (SPEC §3 'Loss'); ``rng`` unused here."""
+    """Mean token cross-entropy over labels != -100 (design §4.4 'Loss'); ``rng`` unused here."""
     del rng
     logits = model(batch["input_ids"], batch["features"].astype(model.image_newline[...].dtype))
     labels = batch["labels"]
@@ -100,7 +100,7 @@ def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Arra
 
 def model_config(cfg: TrainConfig):
     """The Hour-LLaVA config of a train config: preset + overrides, the stage's forgetting
-    (SPEC §2: spatial only in stage 1), max length and compute dtype."""
+    (design §3.1: spatial only in stage 1), max length and compute dtype."""
     import dataclasses
 
     from hourllava_jax.config import load_model_config
