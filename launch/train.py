@@ -143,6 +143,12 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
     )
     raw = d.source == "videos"
     vision = mcfg.vision
+    if d.source == "tfds":
+        from hourllava_jax.data.tfds_pipeline import make_tfds_pipeline
+
+        return make_tfds_pipeline(d.tfds_name, d.tfds_dir, split=d.tfds_split, tokenizer_dir=d.tokenizer, memory=mcfg.memory,
+                                  cfg=pcfg, image_size=vision.image_size, meta_cache=d.meta_cache or None,
+                                  shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True))
 
     def pipeline(records: list[str], cache: str | None):
         return make_feature_pipeline(

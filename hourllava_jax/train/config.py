@@ -69,11 +69,13 @@ class DataConfig:
     multi-image records (LLaVA-OneVision layout, files under ``<image_root>/images/``) are served
     too, in batches of their own; without it they are skipped and counted. ``record_weights``
     (one per ``records`` file) mixes the files batch by batch in those proportions, e.g. ``[3, 1]``
-    for the paper's long-to-short mix; empty: all files form one set. Paths are relative to the
-    working directory of the launch.
+    for the paper's long-to-short mix; empty: all files form one set. ``tfds``: a built
+    ``videomarathon`` TFDS dataset (``tfds_name``, e.g. ``videomarathon/features``, under
+    ``tfds_dir``, local or ``gs://``; ``hourllava-build-tfds`` writes it) through the same grain
+    pipeline (``data/tfds_pipeline.py``). Paths are relative to the working directory of the launch.
     """
 
-    source: Literal["synthetic", "features", "videos"] = "synthetic"
+    source: Literal["synthetic", "features", "videos", "tfds"] = "synthetic"
     seq_len: int = 32  # synthetic only
     num_records: int = 256  # synthetic only
     vocab_size: int = 64  # synthetic only
@@ -94,9 +96,17 @@ class DataConfig:
     num_epochs: int | None = None  # None: repeat (reshuffled per epoch) until num_steps
     worker_count: int = 0
     meta_cache: str = ""  # JSON cache of the planning pass ("" = off)
+    tfds_name: str = ""  # tfds only: "videomarathon/features" or "videomarathon/frames"[:VERSION]
+    tfds_dir: str = ""  # tfds only: the data_dir it was built into (local or gs://; "" = TFDS default)
+    tfds_split: str = "train"
 
     def check_sources(self) -> None:
         """Called by the launcher once overrides are applied (a YAML may leave paths to the command line)."""
+        if self.source == "tfds":
+            _require(bool(self.tfds_name) and bool(self.tokenizer), "data.source=tfds: data.tfds_name and data.tokenizer are required")
+            _require(not self.records and not self.record_weights,
+                     "data.source=tfds reads data.tfds_name: data.records / data.record_weights must be empty")
+            return
         if self.source in ("features", "videos"):
             _require(bool(self.records) and bool(self.tokenizer), f"data.source={self.source}: data.records and data.tokenizer are required")
         _require(self.source != "features" or bool(self.feature_store), "data.source=features needs data.feature_store")
