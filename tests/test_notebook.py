@@ -36,6 +36,7 @@ def test_skipped_cells_are_only_the_clone_and_accelerator_cells():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Colab runs Python 3.12: CI executes the notebook in its 3.12 run only")
 def test_notebook_executes_in_a_fresh_kernel(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells = [c for c in nb.cells if not SKIP_TAGS & set(c.metadata.get("tags", []))]
