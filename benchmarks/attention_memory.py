@@ -1,7 +1,7 @@
 """Claim: ``chunked`` attention's memory grows linearly in the number of keys, the reference's
 quadratically (Lq·Lk scores), at MemAug cross-attention shapes on CPU.
 
-Lq = 2048 decayed tokens (SPEC §1.3: up to 8,704), Lk = 8k ... 234k memory tokens (1 h of video),
+Lq = 2048 decayed tokens (design §2: up to 8,704), Lk = 8k ... 234k memory tokens (1 h of video),
 head_dim 128. Heads are reduced from 16/2 to 2/1 (still grouped, G = 2) so the 234k point runs in
 seconds on 2 cores; time and memory scale linearly in the head count. Each point runs in its own
 subprocess so its peak RSS is its own. Per point: forward wall time, XLA's compiled temp memory

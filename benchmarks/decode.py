@@ -12,7 +12,7 @@ simple moving content, so generation takes a minute or two per file on 2 cores):
   gop_1s             the same with a 1-s GOP (keyint 30)
   long_gop_250_no_b  keyint 250 with ``ultrafast``'s own frame types: no B-frames, every frame
                      a reference (the worst case: every frame must be decoded)
-Methods, each producing uint8[T, 384, 384, 3] for the same SPEC §2 indices:
+Methods, each producing uint8[T, 384, 384, 3] for the same design §3.2 indices:
   ours         decode_video(path) (threads: FFmpeg default)
   decode_all   PyAV, every frame decoded and converted to RGB, the selected ones PIL-resized
   decord       decord.VideoReader(num_threads=1, as the release).get_batch(indices) + PIL resize
@@ -128,7 +128,7 @@ def main() -> None:
         generate(path, args.minutes, keyint, bframes)
         gen_s = time.perf_counter() - t0
         index = probe_video(path)
-        indices = index.select()  # SPEC §2: 1 FPS (stride 30)
+        indices = index.select()  # design §3.2: 1 FPS (stride 30)
         seconds = index.duration
         n_key = int(index.keyframe.sum())
         print(f"{path.name}: {index.num_frames} frames, {seconds:.1f} s, {n_key} keyframes, "
@@ -163,7 +163,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(
         benchmark="decode", video=f"{WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 ultrafast crf 30; 3 B-frames + B-pyramid except *_no_b), {args.minutes:g} min",
-        sampling="SPEC §2 1 FPS, PIL bicubic to 384x384", repeats=args.repeats, machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+        sampling="design §3.2 1 FPS, PIL bicubic to 384x384", repeats=args.repeats, machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
         loadavg_before=load_before, loadavg_after=os.getloadavg()), av=av.__version__,
         note="cpu_s is process CPU time (all threads); wall_s depends on what else runs on the machine",
         results=rows,

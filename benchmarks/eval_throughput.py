@@ -7,7 +7,7 @@ second than decoding and encoding the video for every question, with identical a
 Set-up: the tiny config (random init, LLM matrices x8 so answers are not one repeated token),
 CPU, the evaluation path itself (``eval.answerer.ModelAnswerer.answer`` on multiple-choice
 ``EvalItem``s, greedy, ``max_new_tokens`` 16). Videos: H.264 320x240 at 10 fps, 60 s each
-(1-FPS rule with the 128-frame minimum -> T = 128 frames, SPEC §2). Modes:
+(1-FPS rule with the 128-frame minimum -> T = 128 frames, design §3). Modes:
 
   no_cache     every question decodes + encodes its video (``cache=False``)
   memory       in-memory LRU only; ``release_video`` after each video's last question (the runner's pattern)

@@ -1,7 +1,7 @@
-"""Benchmark: how the video memory and MemAug scale with video length (SPEC §1.3 table, §1.5).
+"""Benchmark: how the video memory and MemAug scale with video length (design §2.3 table, design §1.3).
 
 For T in {128, 600, 1800, 3600} frames (1 FPS: 2 min to 1 h) it reports
-  * memory / decayed token counts from ``build_video_memory`` (checked against SPEC §1.3),
+  * memory / decayed token counts from ``build_video_memory`` (checked against design §2),
   * time and XLA memory analysis of the jitted memory build at Hour-LLaVA-3B width (H 2048, bf16),
   * time and XLA memory analysis of one jitted MemAug forward (query = decayed tokens + a
     64-token text prompt, memory = the whole repository, bf16 compute, fp32 params,
@@ -35,7 +35,7 @@ from hourllava_jax.config import MemAugConfig, MemoryConfig
 from hourllava_jax.model.memaug import MemAug, MemAugDims
 from hourllava_jax.memory.reference import build_video_memory
 
-TEXT_TOKENS = 64  # a short prompt; the n0 = 8 prefix sits before the decayed tokens (SPEC §1.4)
+TEXT_TOKENS = 64  # a short prompt; the n0 = 8 prefix sits before the decayed tokens (design §2.4)
 H_3B, HEADS_3B, KV_3B = 2048, 16, 2
 
 
@@ -68,7 +68,7 @@ def memaug_flops(lq: int, lk: int, h: int, heads: int, kv: int, depth: int) -> f
 
 
 def query_positions(decayed_positions: jax.Array) -> jax.Array:
-    """SPEC §1.4 with an 8-token prefix before the video and the rest of the prompt after it."""
+    """design §2.4 with an 8-token prefix before the video and the rest of the prompt after it."""
     pre = jnp.arange(8, dtype=jnp.int32)
     vid = decayed_positions + 8
     post = jnp.max(vid) + 1 + jnp.arange(TEXT_TOKENS - 8, dtype=jnp.int32)

@@ -1,4 +1,4 @@
-"""Matmul peak of this machine, measured in the same run as a benchmark (ENV.md: report efficiency
+"""Matmul peak of this machine, measured in the same run as a benchmark (design §8.1: report efficiency
 against it, never against remembered numbers).
 
     python benchmarks/peak.py            # prints f32 and bf16 (f32 accumulate) peaks as JSON

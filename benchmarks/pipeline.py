@@ -1,6 +1,6 @@
 """Benchmark: samples/s of the feature pipeline (``data/pipeline.py``) with 0 and 2 grain workers.
 
-Claim checked: the grain feature pipeline (feature store read, SPEC §2 frame selection, time
+Claim checked: the grain feature pipeline (feature store read, design §3.2 frame selection, time
 instruction + ChatML tokenization + labels, video layout, stream/bucket batching, collate) feeds
 a trainer faster than a CPU training step consumes batches, and worker processes scale it.
 

@@ -2,8 +2,9 @@
 
 Collects each shell command from the fenced ```bash blocks of ``DOCS`` and each ``python``/``!python``
 line of the notebook's code cells that invokes a launch script (``launch/*.py``,
-``launch/tpu_pod.sh``, ``launch/slurm_gpu.sbatch``) or a console script (``hourllava-convert``,
-``hourllava-answer``), and checks it without running anything heavy:
+``launch/tpu_pod.sh``, ``launch/slurm_gpu.sbatch``) or a console script (any of pyproject.toml's
+``[project.scripts]``; ``hourllava-train`` is checked as ``launch/train.py``), and checks it
+without running anything heavy:
 
 * ``launch/train.py`` (also reached through ``tpu_pod.sh``'s ``CONFIG``/``WORKDIR`` and
   ``slurm_gpu.sbatch``'s two positional arguments): ``parse_args`` of the script, then
@@ -33,6 +34,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -40,9 +42,11 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("docs/tpu.md", "docs/gpu.md", "docs/training.md", "README.md")
+DOCS = ("docs/tpu.md", "docs/gpu.md", "docs/training.md", "docs/data_pipeline.md", "README.md")
 NOTEBOOK = "notebooks/quickstart.ipynb"
-CONSOLE_SCRIPTS = {"hourllava-convert": "hourllava_jax.convert.cli", "hourllava-answer": "hourllava_jax.infer.cli"}
+# Console script -> the module of its main(), as pyproject.toml installs them.
+CONSOLE_SCRIPTS = {name: target.partition(":")[0] for name, target in
+                   tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].items()}
 SHELL_LAUNCHERS = ("launch/tpu_pod.sh", "launch/slurm_gpu.sbatch")
 _SCRIPT_RE = re.compile(r"(?:^|/)(launch/[\w.-]+\.(?:py|sh|sbatch))$")
 _SEPARATORS = {"&&", "||", ";", "|", "&", ";;", "(", ")"}
@@ -271,6 +275,9 @@ def check_python_script(module: ModuleType, argv: list[str], what: str, monkeypa
 def check_command(cmd: Command, monkeypatch) -> None:
     what = str(cmd)
     args = _resolve_vars(cmd.args)
+    if cmd.script == "hourllava-train":
+        check_train(args, what)
+        return
     if cmd.script in CONSOLE_SCRIPTS:
         check_python_script(importlib.import_module(CONSOLE_SCRIPTS[cmd.script]), args, what, monkeypatch, None)
         return

@@ -51,7 +51,7 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
     d = cfg.data
     if d.source == "synthetic":
         raise ConfigError("data.source=synthetic feeds only the trainer tests' stand-in model; "
-                          "Hour-LLaVA reads data.source=features or videos")
+                          "Hour-LLaVA reads data.source=features, videos or tfds")
     import grain
 
     from hourllava_jax.data.pipeline import PipelineConfig, RecordSource, make_feature_pipeline, mix_pipelines
@@ -65,6 +65,12 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
     )
     raw = d.source == "videos"
     vision = mcfg.vision
+    if d.source == "tfds":
+        from hourllava_jax.data.tfds_pipeline import make_tfds_pipeline
+
+        return make_tfds_pipeline(d.tfds_name, d.tfds_dir, split=d.tfds_split, tokenizer_dir=d.tokenizer, memory=mcfg.memory,
+                                  cfg=pcfg, image_size=vision.image_size, meta_cache=d.meta_cache or None,
+                                  shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True))
 
     def pipeline(records: list[str], cache: str | None):
         return make_feature_pipeline(

@@ -4,7 +4,7 @@ Supported layouts (detected from ``config.json``):
 
 * ``Qwen2ForCausalLM`` (Qwen2 / Qwen2.5 LLMs) -> :class:`~hourllava_jax.model.qwen2.Qwen2`
 * ``SiglipVisionModel`` (keys with or without ``vision_model.``) -> :class:`~hourllava_jax.model.siglip.SiglipVisionTower`
-* Hour-LLaVA (LLaVA-NeXT ``LlavaQwenForCausalLM`` layout, SPEC §1) -> :class:`~hourllava_jax.model.hour_llava.HourLlava`
+* Hour-LLaVA (LLaVA-NeXT ``LlavaQwenForCausalLM`` layout, design §1) -> :class:`~hourllava_jax.model.hour_llava.HourLlava`
 
 Loading builds the model abstractly (``nnx.eval_shape``: no random init, no memory), then reads
 and places one tensor at a time, cast to ``dtype`` and, when ``place`` is given, put straight onto

@@ -3,7 +3,7 @@
   hourllava-convert inspect DIR
       architecture, config and parameter count of an HF directory (loads it, streamed).
   hourllava-convert compose --vision SIGLIP_DIR --llm QWEN2_DIR --out DIR [--memaug-depth 4] [--seed 0]
-      a stage-1 starting point (SPEC §2): the published SigLIP (last layer dropped, as the
+      a stage-1 starting point (design §3.1): the published SigLIP (last layer dropped, as the
       release does) and Qwen2 weights with a freshly initialised projector, newline and MemAug.
   hourllava-convert reshard DIR --out DIR [--dtype bfloat16] [--max-shard-gb 5]
       load and write again (dtype change, re-sharding; also a round-trip check).
@@ -47,7 +47,7 @@ def compose(vision: Path, llm: Path, out: Path, *, memaug_depth: int, seed: int,
     lcfg, llm_model = load_pretrained(llm, dtype=dtype)
     if type(tower).__name__ != "SiglipVisionTower" or type(llm_model).__name__ != "Qwen2":
         raise ConversionError(f"compose needs a SigLIP vision directory and a Qwen2 directory, got {type(tower).__name__} and {type(llm_model).__name__}")
-    # The release deletes the last layer and the pooling head (SPEC §1.1): keep the layers used.
+    # The release deletes the last layer and the pooling head (design §1.1): keep the layers used.
     used = vcfg.num_used_layers
     vcfg_out = dataclasses.replace(vcfg, num_hidden_layers=used, feature_layer=-1, vision_use_head=False)
     cfg = HourLlavaConfig(vision=vcfg_out, llm=lcfg, memaug=MemAugConfig(depth=memaug_depth), param_dtype=dtype, dtype=dtype)

@@ -1,4 +1,4 @@
-"""The full Hour-LLaVA checkpoint layout (SPEC §1, LLaVA-NeXT names) <-> :class:`HourLlava`.
+"""The full Hour-LLaVA checkpoint layout (design §1, LLaVA-NeXT names) <-> :class:`HourLlava`.
 
 =================================================  ======================================
 HF key                                             HourLlava parameter

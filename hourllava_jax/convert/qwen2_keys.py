@@ -1,8 +1,8 @@
-"""HF ``Qwen2ForCausalLM`` tensor names <-> ``model.qwen2.Qwen2`` parameter paths (ENV.md, key names).
+"""HF ``Qwen2ForCausalLM`` tensor names <-> ``model.qwen2.Qwen2`` parameter paths (design §8.5, key names).
 
 Torch Linear weights are (out, in); flax kernels are (in, out): perm (1, 0). Biases, norms and the
 embedding table keep their layout. An Hour-LLaVA checkpoint holds the same keys under ``model.``
-(SPEC §1, LLaVA-NeXT names); a tied model has no ``lm_head.weight``.
+(design §1, LLaVA-NeXT names); a tied model has no ``lm_head.weight``.
 """
 
 from __future__ import annotations

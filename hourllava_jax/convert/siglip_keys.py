@@ -1,6 +1,6 @@
 """Hugging Face SigLIP vision keys <-> :class:`~hourllava_jax.model.siglip.SiglipVisionTower` params.
 
-Three key layouts hold the same tensors under different prefixes (SPEC §1, ENV.md):
+Three key layouts hold the same tensors under different prefixes (design §1, design §8.5):
 ``vision_model.`` (hub ``SiglipVisionModel`` / ``SiglipModel`` checkpoints), ``""`` (a bare
 ``SiglipVisionModel`` saved by transformers 5) and ``model.vision_tower.vision_tower.vision_model.``
 (Hour-LLaVA / LLaVA-NeXT checkpoints, whose tower already lacks its last layer and head).

@@ -1,4 +1,4 @@
-"""Conversation text -> token ids and labels (SPEC §3): time instruction, ChatML, labelling rule.
+"""Conversation text -> token ids and labels (design §4.4): time instruction, ChatML, labelling rule.
 
 Follows the release (`hourllava` dataset + LLaVA-NeXT `preprocess_multimodal` / `preprocess_qwen`):
 
@@ -60,7 +60,7 @@ class TokenizedConversation:
 
 
 def time_instruction(seconds: float, n_frames: int) -> str:
-    """The SPEC §3 sentence; `n_frames` is the sampled count before repetition to 128."""
+    """The design §4.3 sentence; `n_frames` is the sampled count before repetition to 128."""
     return TIME_INSTRUCTION.format(seconds=seconds, n=n_frames)
 
 
@@ -110,7 +110,7 @@ def tokenize_turns(
     system_prompt: str = SYSTEM_PROMPT,
     where: str = "",
 ) -> TokenizedConversation:
-    """Tokenizes ChatML-rendered `turns` and labels them (SPEC §3 rule, see module docstring).
+    """Tokenizes ChatML-rendered `turns` and labels them (design §4.4 rule, see module docstring).
 
     Args:
       turns: human/gpt turns (already through `prepare_turns`).
@@ -188,7 +188,7 @@ def generation_prompt(
 
 
 def kept_prefix_length(sample: TokenizedConversation) -> int:
-    """n0 of SPEC §1.4: tokens before the first placeholder whose label is -100 (8 with Qwen2
+    """n0 of design §2.4: tokens before the first placeholder whose label is -100 (8 with Qwen2
     and the default system prompt). Every decayed token sits n0 positions after its memory id."""
     if sample.n_images == 0:
         raise ValueError("no placeholder in this sample")

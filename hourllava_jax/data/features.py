@@ -1,4 +1,4 @@
-"""Per-video pre-extracted features without pickle (SPEC §2 "Pre-extraction", §3 feature paths).
+"""Per-video pre-extracted features without pickle (design §3.3 "Pre-extraction", design §4.2 feature paths).
 
 The release stores one ``torch.save`` pickle per video: ``vid_feat float32[N, 64, 1152]`` (SigLIP,
 bilinear-pooled to 8x8) and ``duration`` (seconds, 2 decimals). Here a *feature store* holds them
@@ -66,7 +66,7 @@ class VideoFeatures:
 
 
 def feature_key(record: Record) -> str:
-    """``<data_source>/<video without extension>`` of a video record (SPEC §3 feature path)."""
+    """``<data_source>/<video without extension>`` of a video record (design §4.2 feature path)."""
     if record.video is None:
         raise ValueError(f"{record.origin}: record {record.id!r} has no video")
     stem = os.path.splitext(record.video.replace("\\", "/"))[0]

@@ -1,4 +1,4 @@
-"""Which frames of a video the model sees (SPEC §2, "Frame rules"). Pure numpy, no decoding.
+"""Which frames of a video the model sees (design §3.2, "Frame rules"). Pure numpy, no decoding.
 
 Four rules:
 
@@ -6,7 +6,7 @@ Four rules:
   ``stride = round(native_fps / fps)`` frames (1 FPS by default); if that gives fewer than
   ``min_frames`` (128), ``linspace(0, N-1, min(N, 128))`` cast to int instead.
 * ``sample_indices_by_time``: the same intent for variable-frame-rate (VFR) files, where frame
-  count / fps does not measure time (ENV.md: decord reads a 140 s VFR file as 280 s). One frame
+  count / fps does not measure time (design §8.4: decord reads a 140 s VFR file as 280 s). One frame
   per ``1/fps`` seconds of presentation time: for target time ``t_k = k / fps`` (k = 0, 1, ...,
   up to the last frame's time) the first frame whose timestamp is ``>= t_k``. Short videos use
   ``min(N, 128)`` targets spread uniformly over ``[t_first, t_last]``, each taking the nearest
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_MIN_FRAMES = 128  # SPEC §2: short videos are sampled to 128 frames (or all of them)
+DEFAULT_MIN_FRAMES = 128  # design §3.2: short videos are sampled to 128 frames (or all of them)
 # Half a microsecond: timestamps are exact rationals turned into floats; this absorbs the rounding
 # so that a frame at exactly k seconds counts as ">= k seconds".
 _TIME_EPS = 5e-7
@@ -49,7 +49,7 @@ def _cap(idx: np.ndarray, max_frames: int | None) -> np.ndarray:
 
 
 def sample_stride(native_fps: float, fps: float = 1.0) -> int:
-    """``round(native_fps / fps)`` with Python's round (as the release), at least 1 (SPEC §2)."""
+    """``round(native_fps / fps)`` with Python's round (as the release), at least 1 (design §3)."""
     if not native_fps > 0 or not fps > 0:
         raise ValueError(f"native_fps and fps must be > 0, got {native_fps}, {fps}")
     return max(1, round(native_fps / fps))
@@ -63,7 +63,7 @@ def sample_indices(
     min_frames: int = DEFAULT_MIN_FRAMES,
     max_frames: int | None = None,
 ) -> np.ndarray:
-    """SPEC §2 raw-video rule for a constant-rate video of ``num_frames`` frames.
+    """design §3.2 raw-video rule for a constant-rate video of ``num_frames`` frames.
 
     Returns int64[T], strictly increasing frame indices in ``[0, num_frames)``.
     Example: 200 s at 30 fps (N = 6000) -> ``0, 30, ..., 5970`` (T = 200); 60 s at 30 fps
@@ -156,7 +156,7 @@ def extraction_indices(num_frames: int, native_fps: float, min_frames: int = DEF
 
 
 def feature_indices(num_features: int, duration: float) -> np.ndarray:
-    """SPEC §2 pre-extracted feature rule: ``linspace(0, N-1, T).astype(int)``, ``T = min(N, int(duration))``.
+    """design §3.2 pre-extracted feature rule: ``linspace(0, N-1, T).astype(int)``, ``T = min(N, int(duration))``.
 
     Returns int64[T]. Deviation: a clip shorter than one second gets ``T = 1`` (the release's
     formula gives zero frames there, which would fail downstream).

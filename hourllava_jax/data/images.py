@@ -1,4 +1,4 @@
-"""Image records (LLaVA-OneVision layout, SPEC §1.6) -> pixel units and visual layouts.
+"""Image records (LLaVA-OneVision layout, design §1.4) -> pixel units and visual layouts.
 
 One image: ``anyres_max_9``: the base image resized (distorted) to S², then the S² crops of the
 best pinpoint resolution (aspect kept, black padding), row-major; the model sees them unpooled

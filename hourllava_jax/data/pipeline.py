@@ -1,6 +1,6 @@
 """grain input pipelines: records + pre-extracted features, videos or images -> static-shape batches.
 
-How it works (SPEC §2 stage 3, §3; docs/data_pipeline.md):
+How it works (design §3.1 stage 3, design §4; docs/data_pipeline.md):
 
 1. **Source** (``data/sources.py``): a grain ``RandomAccessDataSource`` of raw elements:
    ``RecordSource`` (JSON Lines / JSON records; visual inputs from a feature store, a video
@@ -26,11 +26,11 @@ How it works (SPEC §2 stage 3, §3; docs/data_pipeline.md):
    fails to load (a corrupt feature record, a vanished file) becomes a filler row (one pad
    token, no loss, no visual input) and is counted in the iterator state.
 5. **Mixing** (:func:`mix_pipelines`): several record sets interleaved batch by batch in given
-   proportions (e.g. the paper's best 3:1 long-to-short mix, SPEC §4), with grain's
+   proportions (e.g. the paper's best 3:1 long-to-short mix, design §5), with grain's
    ``MapDataset.mix``: deterministic and random-access, so the state stays one batch number.
 6. **State**: ``get_state()`` is a small JSON dict (next global batch number, skip counters,
    a fingerprint of the plan). It does not depend on the process count or the worker count,
-   so a run can resume on another number of hosts (a gap of the release, SPEC §5).
+   so a run can resume on another number of hosts (a gap of the release, design §6).
 
 Batches are dicts of numpy arrays, the ``HourLlava`` batch contract (``model/hour_llava.py``).
 """
@@ -152,7 +152,7 @@ class LoadBatch(grain.transforms.Map):
 
 
 def _mark_flags_parsed() -> None:
-    """grain workers read absl flags; a plain script never parsed them (ENV.md, Data)."""
+    """grain workers read absl flags; a plain script never parsed them (design §8.3)."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -249,7 +249,7 @@ def make_feature_pipeline(
     """Records (``RecordSource`` + ``store_dir``, or ``TfdsSource``) -> :class:`FeaturePipeline`.
 
     Raw-video mode (``video_root`` + ``image_size``, e.g. stage 2 where SigLIP trains): videos
-    ``<video_root>/videos/<data_source>/<video>`` are probed at planning (T by the SPEC §2 raw
+    ``<video_root>/videos/<data_source>/<video>`` are probed at planning (T by the design §3.2 raw
     rule: 1 FPS, at least ``raw_min_frames``) and decoded per sample; batches carry ``pixels``
     float32[B, U, S, S, 3] instead of ``features``. A ``TfdsSource`` of the ``frames`` config
     gives the same batches from its stored frames.
@@ -286,7 +286,7 @@ def mix_pipelines(pipelines: Sequence[FeaturePipeline], weights: Sequence[float]
     """Interleaves whole batches of several pipelines in proportion to ``weights``.
 
     E.g. ``mix_pipelines([videomarathon, llava_video], [3, 1])``: three long-video batches per
-    short one (the paper's best mix, SPEC §4). Every global batch holds the same number of
+    short one (the paper's best mix, design §5). Every global batch holds the same number of
     rows, so batch proportions are sample proportions. The order is grain's ``MapDataset.mix``:
     deterministic and random-access, so resuming is exact and independent of the process count.
     The mixture ends when its first component runs out (give components ``num_epochs=None`` to

@@ -2,7 +2,7 @@
 
 A pure function of the seed, the epoch and the samples' metadata (``data/samples.py``), so every
 process computes the same plan and a resumed run continues it exactly. Samples are grouped by
-(stream, kind, unit bucket): a batch never mixes long and short videos (SPEC §2) nor kinds with
+(stream, kind, unit bucket): a batch never mixes long and short videos (design §3) nor kinds with
 different model inputs, and all its rows pad to one shape.
 """
 

@@ -1,9 +1,9 @@
-"""SigLIP pixel preprocessing exactly as the release (SPEC §1.1).
+"""SigLIP pixel preprocessing exactly as the release (design §1.1).
 
 RGB; resize straight to 384x384 (aspect ratio not kept) with PIL's bicubic filter on the uint8
 image; x / 255; (x - 0.5) / 0.5. PIL is used rather than an equivalent resampler because its
 bicubic (a = -0.5, antialiased support when downscaling, uint8 rounding) is what the
-checkpoints saw; libswscale's bicubic differs by up to 42/255 (ENV.md).
+checkpoints saw; libswscale's bicubic differs by up to 42/255 (design §8.4).
 
 The two halves are separate so a decoder can keep uint8 frames (4x smaller) until the model
 needs them: ``resize_rgb`` (uint8 -> uint8) and ``normalize`` (uint8 -> float32 in [-1, 1]).
@@ -50,7 +50,7 @@ def preprocess_frames(frames: np.ndarray, size: int = SIGLIP_SIZE) -> np.ndarray
 def preprocess_image(image: Image.Image | np.ndarray, size: int = SIGLIP_SIZE) -> np.ndarray:
     """One image (PIL in any mode, or uint8[H, W, 3]) -> float32[size, size, 3], distorted resize.
 
-    This is the resize-to-square used for video frames and for the anyres base image (SPEC §1.6);
+    This is the resize-to-square used for video frames and for the anyres base image (design §1.4);
     the anyres crops and padding live with the image pipeline.
     """
     if isinstance(image, Image.Image):

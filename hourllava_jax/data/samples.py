@@ -7,19 +7,19 @@
 kind       visual input                                 batch key (see ``model/hour_llava.py``)
 =========  ===========================================  ==========================================
 ``text``   none                                         -
-``video``  pre-extracted pooled features at the SPEC    ``features`` float[B, U, p², C]
-           §2 feature indices (a feature store, or the
+``video``  pre-extracted pooled features at the      ``features`` float[B, U, p², C]
+           design §3.2 feature indices (a store, or the
            ``videomarathon/features`` TFDS config)
 ``frames`` video frames (decoded from ``video_root`` by ``pixels`` float32[B, U, S, S, 3]
-           the SPEC §2 raw rule, or the ``videomarathon/
+           the design §3.2 raw rule, or the ``videomarathon/
            frames`` TFDS config), pooled by the model
-``image``  one anyres image (SPEC §1.6) from            ``image_pixels`` float32[B, U, S, S, 3],
+``image``  one anyres image (design §1.4) from          ``image_pixels`` float32[B, U, S, S, 3],
            ``image_root``: base + crops, unpooled       ``memory_w`` (4-tap memory map)
 ``images`` several images, one unpooled unit each       ``image_pixels``
 =========  ===========================================  ==========================================
 
 Each sample also has a *stream*: ``long`` for videos of at least ``long_video_seconds``,
-``short`` for everything else (SPEC §2: a micro-batch never mixes the two).
+``short`` for everything else (design §3.1: a micro-batch never mixes the two).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class PipelineConfig:
     batch_size: rows per process (micro-batch); the global batch is ``batch_size * process_count``.
     frame_buckets: static frame counts U; a video of T frames goes to the smallest bucket >= T
       (longer ones are skipped as ``too_long`` unless ``max_frames`` caps T first).
-    max_frames: optional cap on T (uniform subsample of the SPEC §2 indices; not in the release).
+    max_frames: optional cap on T (uniform subsample of the design §3.2 indices; not in the release).
     text_multiple / decayed_multiple: token and decayed-token lengths are rounded up to these.
     long_video_seconds: videos at least this long form the ``long`` stream (VideoMarathon's
       shortest videos are 3 minutes).
@@ -86,8 +86,8 @@ class PipelineConfig:
     shuffle: bool = True
     frame_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     max_frames: int | None = None
-    raw_fps: float = 1.0  # raw-video mode: SPEC §2 sampling rate
-    raw_min_frames: int = 128  # raw-video mode: short videos get min(N, 128) frames (SPEC §2)
+    raw_fps: float = 1.0  # raw-video mode: design §3.2 sampling rate
+    raw_min_frames: int = 128  # raw-video mode: short videos get min(N, 128) frames (design §3.2)
     text_multiple: int = 256
     decayed_multiple: int = 64
     long_video_seconds: float = 180.0
@@ -225,11 +225,11 @@ class SampleBuilder:
         return idx
 
     def frame_indices(self, n: int, duration: float) -> np.ndarray:
-        """SPEC §2 feature rule, then the optional ``max_frames`` cap: int64[T]."""
+        """design §3.2 feature rule, then the optional ``max_frames`` cap: int64[T]."""
         return self._cap(feature_indices(n, duration))
 
     def _raw_selection(self, rec: Record) -> tuple[Path, np.ndarray, float]:
-        """Raw-video mode: (path, SPEC §2 frame indices int64[T], duration) by probing (no decoding)."""
+        """Raw-video mode: (path, design §3.2 frame indices int64[T], duration) by probing (no decoding)."""
         from hourllava_jax.data.video import probe_video
 
         path = video_path(self.video_root, rec)
@@ -342,7 +342,7 @@ class SampleBuilder:
         return Sample(tok.input_ids, tok.labels, self._pixels(video.frames), video_layout(t, self.memory, key=key))
 
     def _build_frames(self, rec: Record, element: Mapping[str, Any], key) -> Sample:
-        """Stored frames (``videomarathon/frames``): already the SPEC §2 selection; the
+        """Stored frames (``videomarathon/frames``): already the design §3.2 selection; the
         ``max_frames`` cap, then resized to S if the dataset was built at another size."""
         frames = np.asarray(element["frames"])
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):

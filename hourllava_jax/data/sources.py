@@ -69,7 +69,7 @@ class RecordSource:
 class TfdsSource:
     """Wraps ``tfds.data_source("videomarathon/<config>", ...)``: the ``features`` config gives
     elements with ``features`` float[N, P, C], the ``frames`` config elements with ``frames``
-    uint8[T, S, S, 3] (already selected by the SPEC §2 raw-video rule when the dataset was
+    uint8[T, S, S, 3] (already selected by the design §3.2 raw-video rule when the dataset was
     built), both with ``duration``. Any random-access source of such dicts works."""
 
     def __init__(self, tfds_source):

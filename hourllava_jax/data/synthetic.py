@@ -7,11 +7,11 @@ decoded frames, and video i does not depend on how many videos are made.
 A video (`VideoSpec`) is a background colour that changes once (scene), plus a sequence of
 non-overlapping shape events (colour, shape, quadrant, optional motion), drawn at `size`²
 pixels and `fps` frames per second, encoded as H.264 mp4 (PyAV/libx264, one keyframe per
-second so seeking per second stays cheap, ENV.md). The needle task adds one frame holding a
+second so seeking per second stays cheap, design §8.4). The needle task adds one frame holding a
 large cross of a needle colour at relative depth d of a haystack of L seconds; event colours in
 needle videos never use needle colours, so that frame is the only evidence of the answer.
 
-Layout written under `out_dir` (SPEC §3): `videos/<data_source>/<name>.mp4` and one JSON Lines
+Layout written under `out_dir` (design §4): `videos/<data_source>/<name>.mp4` and one JSON Lines
 record file; records carry extra fields (`duration`, `qa`, `needle`) for evaluation.
 """
 
@@ -146,7 +146,7 @@ def needle_spec(
     """A haystack of `seconds` (events in non-needle colours) with the needle at `depth`.
 
     The needle sits on a whole second (frame = round(depth·(seconds-1))·fps), i.e. on a frame
-    the 1-FPS sampling rule of SPEC §2 keeps.
+    the 1-FPS sampling rule of design §3.2 keeps.
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")

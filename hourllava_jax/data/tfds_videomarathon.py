@@ -1,16 +1,16 @@
 """TFDS builder ``videomarathon`` (ArrayRecord, no TensorFlow needed): records + features or frames.
 
-Two configs, each one example per training record (SPEC §3):
+Two configs, each one example per training record (design §4.2):
 
 =============  ==============================================================================
 ``features``   ``id`` Text, ``record`` Text (the record as JSON), ``duration`` float32 seconds,
-               ``features`` float32[N, P, C] (pre-extracted, SPEC §2), from a feature store
-``frames``     ``id``, ``record``, ``duration``, ``frames`` uint8[T, S, S, 3] (SPEC §2 raw-video
+               ``features`` float32[N, P, C] (pre-extracted, design §3), from a feature store
+``frames``     ``id``, ``record``, ``duration``, ``frames`` uint8[T, S, S, 3] (design §3.2 raw-video
                rule, PIL bicubic to S = ``frame_size``, 64 by default), ``timestamps`` float32[T]
 =============  ==============================================================================
 
 Only ``Tensor``/``Text``/``Scalar`` features: ``tfds.features.Image``/``Video`` need TensorFlow
-(ENV.md). Build from a local directory (``source_dir=`` builder kwarg, else the manual dir)::
+(design §8.3). Build from a local directory (``source_dir=`` builder kwarg, else the manual dir)::
 
     <source_dir>/*.jsonl           records (all files, sorted)
     <source_dir>/feature_store/    a data/features.py store (``features`` config; or feature_store=)
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class VideoMarathonConfig(tfds.core.BuilderConfig):
     """``kind``: "features" or "frames"; frames options: ``frame_size`` S, sampling ``fps``,
-    ``min_frames`` (SPEC §2: 128) and an optional ``max_frames`` cap."""
+    ``min_frames`` (design §3.2: 128) and an optional ``max_frames`` cap."""
 
     kind: str = "features"
     frame_size: int = 64
@@ -93,7 +93,7 @@ class VideoMarathon(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         common = {
             "id": tfds.features.Text(),
-            "record": tfds.features.Text(doc="the training record as JSON (SPEC §3)"),
+            "record": tfds.features.Text(doc="the training record as JSON (design §4.2)"),
             "duration": tfds.features.Scalar(np.float32, doc="video duration in seconds"),
         }
         if self.builder_config.kind == "features":

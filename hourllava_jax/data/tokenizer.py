@@ -1,6 +1,6 @@
 """Tokenizers: load a Hugging Face tokenizer from a local directory; train the project's small BPE.
 
-The chat code (`data/chat.py`, SPEC §3) needs four ids from any tokenizer: `\\n`, `<|im_start|>`,
+The chat code (`data/chat.py`, design §4) needs four ids from any tokenizer: `\\n`, `<|im_start|>`,
 `<|im_end|>` (these keep their labels) and `<|endoftext|>` (padding). `chat_token_ids` reads them
 from the tokenizer, so nothing in the package hard-codes Qwen's 198 / 151644 / 151645 / 151643.
 
@@ -27,13 +27,13 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # in id order for `build_tokenizer`
 
-# Qwen2's pre-tokenizer split pattern (ENV.md "transformers as the reference").
+# Qwen2's pre-tokenizer split pattern (design §8.5).
 QWEN_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Same ChatML as SPEC §3 ("qwen_1_5"), for users of `tokenizer.apply_chat_template`; the training
+# Same ChatML as design §4.4 ("qwen_1_5"), for users of `tokenizer.apply_chat_template`; the training
 # code does not use it (chat.py renders turns itself so it can label them).
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -51,7 +51,7 @@ class TokenizerError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ChatTokenIds:
-    """The ids the labelling rule (SPEC §3) and padding need, read from a tokenizer.
+    """The ids the labelling rule (design §4.4) and padding need, read from a tokenizer.
 
     newline: id of "\\n" alone (Qwen2: 198); im_start / im_end: 151644 / 151645 in Qwen2;
     pad: `<|endoftext|>` (151643 in Qwen2).

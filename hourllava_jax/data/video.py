@@ -1,4 +1,4 @@
-"""Video decoding with PyAV: only the frames SPEC §2 selects, frame-accurate, RGB, 384x384.
+"""Video decoding with PyAV: only the frames design §3.2 selects, frame-accurate, RGB, 384x384.
 
 ``decode_video(path)`` does, in order:
 
@@ -20,12 +20,12 @@
    never by counting, and a seek that lands wrong (a broken index, open-GOP leading pictures)
    falls back to one decoder reading from the start, so the result is always the frame a
    decode-everything pass would give. For a single decoder frame threading is on (``thread_type="AUTO"``;
-   PyAV's default slice threading does nothing for one-slice x264 streams, ENV.md). For
+   PyAV's default slice threading does nothing for one-slice x264 streams, design §8.4). For
    H.264/HEVC, packets that are not selected are decoded with ``skip_frame="NONREF"``:
    non-reference frames are never used by another frame, so skipping them changes no output.
 4. **Convert** only the selected frames: YUV -> RGB at native size by libswscale (bit-identical
    to decord, the release's reader), then ``preprocess.resize_rgb`` (PIL bicubic straight to
-   ``size`` x ``size``, SPEC §1.1) in a helper thread, overlapping the decoder (PIL releases
+   ``size`` x ``size``, design §1.1) in a helper thread, overlapping the decoder (PIL releases
    the GIL). Normalisation is a separate call (``preprocess.normalize``).
 
 Timeouts: elapsed time is checked before every packet (probe and decode) and before every
@@ -89,7 +89,7 @@ class VideoIndex:
       timestamps: float64[N] seconds since the first frame.
       duration: seconds, first frame to the end of the last one.
       native_fps: the stream's average rate (decord's ``get_avg_fps``); for VFR, N / duration.
-      constant_rate: frames lie on an even time grid (else VFR: select by time, SPEC §2 intent).
+      constant_rate: frames lie on an even time grid (else VFR: select by time, design §3 intent).
     """
 
     path: str
@@ -110,7 +110,7 @@ class VideoIndex:
         return len(self.pts)
 
     def select(self, *, fps: float = 1.0, min_frames: int = DEFAULT_MIN_FRAMES, max_frames: int | None = None) -> np.ndarray:
-        """SPEC §2 frame indices (int64[T]) for this video; see ``frames.py``."""
+        """design §3.2 frame indices (int64[T]) for this video; see ``frames.py``."""
         if self.constant_rate:
             return sample_indices(self.num_frames, self.native_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
         return sample_indices_by_time(self.timestamps, fps=fps, min_frames=min_frames, max_frames=max_frames)
@@ -428,11 +428,11 @@ def decode_video(
     indices: np.ndarray | None = None,
     segments: int | None = None,
 ) -> DecodedVideo:
-    """Decodes the SPEC §2 frames of ``path`` (module docstring for the method).
+    """Decodes the design §3.2 frames of ``path`` (module docstring for the method).
 
     Args:
       fps / min_frames / max_frames: the sampling rule (1 FPS, at least 128, no cap by default).
-      size: output side (PIL bicubic, SPEC §1.1); None keeps native resolution.
+      size: output side (PIL bicubic, design §1.1); None keeps native resolution.
       timeout_s: wall-clock budget for probe + decode (DataError DECODE_TIMEOUT past it).
       threads: decoder threads (0 = FFmpeg's choice, one per core).
       indices: decode these display-order frame indices instead of the sampling rule.

@@ -27,7 +27,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     p.add_argument("--cache-dir", type=Path, default=None, help="on-disk cache of encoded videos")
-    p.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames (default: none, SPEC §2)")
+    p.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames (default: none, design §3)")
     p.add_argument("--forgetting", choices=("uniform", "random"), default="uniform", help="spatial forgetting mode")
     p.add_argument("--forgetting-seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter and compute dtype")

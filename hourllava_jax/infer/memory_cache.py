@@ -1,7 +1,7 @@
 """Encode once, ask many: the per-video visual features of one model, cached in memory and on disk.
 
-What is cached is everything a question does not change: the 1-FPS frame selection (SPEC §2)
-and the pooled SigLIP features of those frames, float32[T, p², C] (SPEC §1.2), with the frame
+What is cached is everything a question does not change: the 1-FPS frame selection (design §3.2)
+and the pooled SigLIP features of those frames, float32[T, p², C] (design §1.2), with the frame
 indices, timestamps and duration. The projector, the memory repository gather, forgetting,
 MemAug and the LLM run per question (they depend on the question, or are cheap next to the
 vision tower). Caching the features *before* the projector (not the projected memory tokens)

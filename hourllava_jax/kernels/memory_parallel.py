@@ -1,6 +1,6 @@
 """Memory-parallel cross-attention: keys/values sharded along the ``memory`` mesh axis.
 
-An hour of video is 234k memory tokens (SPEC §1.3); MemAug's cross-attention reads all of them
+An hour of video is 234k memory tokens (design §2); MemAug's cross-attention reads all of them
 from every query. Each device of the ``memory`` axis holds Lk/n keys and computes, with any
 flash implementation, a partial output o_s and log-sum-exp lse_s over its keys. The exact
 result is the softmax-weighted combination

@@ -1,4 +1,4 @@
-"""Spatial and temporal forgetting: which memory entries become MemAug query tokens (SPEC §1.3).
+"""Spatial and temporal forgetting: which memory entries become MemAug query tokens (design §2).
 
 Spatial: per frame (or image grid) keep a subset of the h x w tokens, ``random`` (independent
 per row, sorted; an explicit key replaces the release's unseeded draw) or ``uniform`` (the grid
@@ -52,7 +52,7 @@ def spatial_keep_indices(num: int, h: int, w: int, ratio: float, mode: str, key:
 
 
 def num_decayed_frames(num_frames: int, cfg: MemoryConfig) -> int:
-    """F = min(max_decayed_frames, T // temporal_ratio) (SPEC §1.3)."""
+    """F = min(max_decayed_frames, T // temporal_ratio) (design §2.3)."""
     return min(cfg.max_decayed_frames, num_frames // cfg.temporal_ratio)
 
 

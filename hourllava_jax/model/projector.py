@@ -1,4 +1,4 @@
-"""The ``mlp2x_gelu`` projector from SigLIP features to the LLM width (SPEC §1.2).
+"""The ``mlp2x_gelu`` projector from SigLIP features to the LLM width (design §1.2).
 
 Linear(in, H) -> exact (erf) GELU -> Linear(H, H), both with bias. The attributes ``linear_0`` and
 ``linear_2`` are the indices of the release's ``nn.Sequential`` (``model.mm_projector.{0,2}.*``;

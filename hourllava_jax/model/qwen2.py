@@ -1,4 +1,4 @@
-"""The Qwen2 / Qwen2.5 decoder of Hour-LLaVA (SPEC §1, LLM row), mirroring HF ``Qwen2ForCausalLM``.
+"""The Qwen2 / Qwen2.5 decoder of Hour-LLaVA (design §1, LLM row), mirroring HF ``Qwen2ForCausalLM``.
 
 Attribute names follow HF (``embed_tokens``, ``layers[i].self_attn.q_proj``, ``mlp.gate_proj``,
 ``norm``, ``lm_head``) so ``convert/qwen2_keys.py`` is a plain renaming. Attention goes through
@@ -110,7 +110,7 @@ def _remat_layer(layer, x, cos, sin, kv_mask):
 class Qwen2(nnx.Module):
     """Qwen2ForCausalLM. dtype: activations/compute; param_dtype: stored parameters.
 
-    remat: recompute each decoder layer in the backward pass (SPEC §2: gradient checkpointing).
+    remat: recompute each decoder layer in the backward pass (design §3.1: gradient checkpointing).
     """
 
     def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: bool = False,
@@ -130,7 +130,7 @@ class Qwen2(nnx.Module):
     # --- pieces the Hour-LLaVA assembly and generation use --------------------------------------
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        """int32[B, L] -> float[B, L, H] (compute dtype): the LLM input table (SPEC §1.4)."""
+        """int32[B, L] -> float[B, L, H] (compute dtype): the LLM input table (design §2.4)."""
         return self.embed_tokens(input_ids)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """Rotary position embeddings (non-interleaved, rotate-half), full or on a leading slice of each head.
 
-Qwen2 rotates the whole head; MemAug rotates the first half only (SPEC §1.5). Angles are computed
+Qwen2 rotates the whole head; MemAug rotates the first half only (design §1.3). Angles are computed
 in fp32 from the position ids, then cast to the activation dtype, as the reference does.
 """
 

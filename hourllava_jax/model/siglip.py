@@ -1,4 +1,4 @@
-"""SigLIP vision tower (SPEC §1.1) as Flax NNX modules.
+"""SigLIP vision tower (design §1.1) as Flax NNX modules.
 
 Attribute names mirror Hugging Face's ``SiglipVisionModel`` (``embeddings.patch_embedding``,
 ``encoder.layers[i].self_attn.q_proj``, ``post_layernorm``, ``head.*``) so the key rules in
@@ -147,7 +147,7 @@ class SiglipEncoder(nnx.Module):
         """x float[N, L, D] -> float[N, L, D] after layers[:num_layers]."""
         for layer in self.layers[:num_layers]:
             if self.remat:
-                # Plain jax.checkpoint over the layer's state (no nested NNX transform, STYLE §1):
+                # Plain jax.checkpoint over the layer's state (no nested NNX transform, design §7.1):
                 # activations inside the layer are recomputed in the backward pass.
                 graphdef, state = nnx.split(layer)
                 x = jax.checkpoint(lambda s, h, g=graphdef: nnx.merge(g, s)(h))(state, x)
@@ -226,7 +226,7 @@ class SiglipVisionTower(nnx.Module):
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         """pixels float[N, H, W, C] (normalised) -> float[N, grid*grid, D]: HF
-        ``hidden_states[cfg.feature_layer]``, no post-layernorm (SPEC §1.1)."""
+        ``hidden_states[cfg.feature_layer]``, no post-layernorm (design §1.1)."""
         return self.encoder(self.embeddings(pixels), self.cfg.num_used_layers)
 
     def pooled(self, pixels: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The MemAug query and the LLM input, assembled in-graph with static shapes (SPEC §1.4).
+"""The MemAug query and the LLM input, assembled in-graph with static shapes (design §2.4).
 
 Both are "replace every ``<image>`` placeholder by a block of tokens" operations on a padded
 batch. Each element's destination slot is an exclusive cumulative sum of how many slots the
@@ -72,7 +72,7 @@ def build_query(
     decayed_valid: jax.Array,
     image_token_id: int,
 ) -> Query:
-    """MemAug query (SPEC §1.4).
+    """MemAug query (design §2.4).
 
     Kept text = valid tokens whose label is ``-100`` (all valid tokens when ``labels`` is None,
     i.e. inference, as the release does). Positions accumulate as the reference's pseudo-code:
@@ -131,7 +131,7 @@ def splice_llm_inputs(
     out_len: int,
 ) -> LLMInputs:
     """The LLM input: the original conversation with each placeholder replaced by its visual
-    tokens (labels -100), compacted left, truncated to ``out_len`` (SPEC §1.4), right-padded.
+    tokens (labels -100), compacted left, truncated to ``out_len`` (design §2.4), right-padded.
 
     Args:
       text_embeds: float[B, L, H]; input_ids, labels: int32[B, L]; text_valid: bool[B, L].

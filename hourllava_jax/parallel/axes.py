@@ -1,4 +1,4 @@
-"""The logical-axis vocabulary shared by parameters and activations (STYLE lesson 2).
+"""The logical-axis vocabulary shared by parameters and activations (design §7.2).
 
 Every parameter is created through :func:`param_init`, which records its logical axis names as
 ``out_sharding`` metadata (``nnx.get_partition_spec`` reads it back). A rules table in the

@@ -1,8 +1,8 @@
-"""Device meshes from config: axes ``data``, ``fsdp``, ``tensor``, ``memory`` (STYLE lesson 2).
+"""Device meshes from config: axes ``data``, ``fsdp``, ``tensor``, ``memory`` (design §7.2).
 
 Sizes come from the training config (``mesh: {data: -1, fsdp: 1, tensor: 1, memory: 1}``); one
 axis may be ``-1`` and takes whatever devices remain. Axis types are **Auto**: the model uses
-logical-axis rules and ``with_sharding_constraint`` (ENV.md: ``jax.make_mesh`` defaults to
+logical-axis rules and ``with_sharding_constraint`` (design §8.1: ``jax.make_mesh`` defaults to
 Explicit, which would demand ``out_sharding=`` on every sharded matmul).
 """
 

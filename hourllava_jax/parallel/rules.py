@@ -3,7 +3,7 @@
 A rules table maps each logical axis to a tuple of mesh axes (``()`` = replicated), e.g.
 ``{"embed": ("fsdp",), "mlp": ("tensor",), "batch": ("data", "fsdp")}``. It lives in the
 training config (``TrainConfig.rules``); changing parallelism means changing the table
-(STYLE lesson 2). Resolving a spec for a concrete shape:
+(design §7.2). Resolving a spec for a concrete shape:
 
 * a mesh axis that is absent from the mesh, or of size 1, is dropped;
 * a mesh axis already used by an earlier dimension of the same array is dropped (a mesh axis

@@ -1,4 +1,4 @@
-"""Checkpointing with orbax (STYLE lesson 9): one checkpoint = train state + data position.
+"""Checkpointing with orbax (design §7.9): one checkpoint = train state + data position.
 
 * ``<workdir>/checkpoints/<step>/state``: params, optimizer state, step, rng, skipped count
   (``ocp.args.StandardSave``; sharded arrays written by every process).

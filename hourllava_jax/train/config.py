@@ -1,4 +1,4 @@
-"""Typed training config (SPEC §2): stage, per-module optimisation, batches, schedule,
+"""Typed training config (design §3): stage, per-module optimisation, batches, schedule,
 checkpointing, logging, parallelism. Stage presets live in ``configs/train/*.yaml``.
 
 The ``model`` field names a model preset (``configs/model/<name>.yaml``) and ``model_overrides``
@@ -38,7 +38,7 @@ class ModuleOptim:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW, warmup then cosine to 0, global-norm clipping (SPEC §2 'Common')."""
+    """AdamW, warmup then cosine to 0, global-norm clipping (design §3.1 'Common')."""
 
     modules: dict[str, ModuleOptim] = dataclasses.field(default_factory=dict)
     warmup_ratio: float = 0.03
@@ -69,11 +69,13 @@ class DataConfig:
     multi-image records (LLaVA-OneVision layout, files under ``<image_root>/images/``) are served
     too, in batches of their own; without it they are skipped and counted. ``record_weights``
     (one per ``records`` file) mixes the files batch by batch in those proportions, e.g. ``[3, 1]``
-    for the paper's long-to-short mix; empty: all files form one set. Paths are relative to the
-    working directory of the launch.
+    for the paper's long-to-short mix; empty: all files form one set. ``tfds``: a built
+    ``videomarathon`` TFDS dataset (``tfds_name``, e.g. ``videomarathon/features``, under
+    ``tfds_dir``, local or ``gs://``; ``hourllava-build-tfds`` writes it) through the same grain
+    pipeline (``data/tfds_pipeline.py``). Paths are relative to the working directory of the launch.
     """
 
-    source: Literal["synthetic", "features", "videos"] = "synthetic"
+    source: Literal["synthetic", "features", "videos", "tfds"] = "synthetic"
     seq_len: int = 32  # synthetic only
     num_records: int = 256  # synthetic only
     vocab_size: int = 64  # synthetic only
@@ -94,9 +96,17 @@ class DataConfig:
     num_epochs: int | None = None  # None: repeat (reshuffled per epoch) until num_steps
     worker_count: int = 0
     meta_cache: str = ""  # JSON cache of the planning pass ("" = off)
+    tfds_name: str = ""  # tfds only: "videomarathon/features" or "videomarathon/frames"[:VERSION]
+    tfds_dir: str = ""  # tfds only: the data_dir it was built into (local or gs://; "" = TFDS default)
+    tfds_split: str = "train"
 
     def check_sources(self) -> None:
         """Called by the launcher once overrides are applied (a YAML may leave paths to the command line)."""
+        if self.source == "tfds":
+            _require(bool(self.tfds_name) and bool(self.tokenizer), "data.source=tfds: data.tfds_name and data.tokenizer are required")
+            _require(not self.records and not self.record_weights,
+                     "data.source=tfds reads data.tfds_name: data.records / data.record_weights must be empty")
+            return
         if self.source in ("features", "videos"):
             _require(bool(self.records) and bool(self.tokenizer), f"data.source={self.source}: data.records and data.tokenizer are required")
         _require(self.source != "features" or bool(self.feature_store), "data.source=features needs data.feature_store")
@@ -149,7 +159,7 @@ class TrainConfig:
     stage: int = 3
     model: str = "tiny"  # model preset name or YAML path (config.load_model_config)
     model_overrides: tuple[str, ...] = ()
-    # SPEC §2: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
+    # design §3.1: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
     forgetting: Literal["spatial", "spatial+temporal"] = "spatial+temporal"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -159,7 +169,7 @@ class TrainConfig:
     num_steps: int = 1000  # optimizer steps (1 epoch of the stage's data in the paper)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log_every: int = 10
-    remat: RematPolicy = "full"  # gradient checkpointing (SPEC §2); the model reads the name
+    remat: RematPolicy = "full"  # gradient checkpointing (design §3.1); the model reads the name
     compute_dtype: Dtype = "bfloat16"  # params are cast to this inside the step; masters stay fp32
     param_dtype: Dtype = "float32"
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1, "memory": 1})

@@ -1,4 +1,4 @@
-"""The training loop (SPEC §2): mesh -> init or resume -> AOT compile -> iterate, log, checkpoint.
+"""The training loop (design §3): mesh -> init or resume -> AOT compile -> iterate, log, checkpoint.
 
 Model-agnostic: it takes a model factory ``factory(nnx.Rngs) -> nnx.Module``, a loss
 ``loss_fn(model, batch, rng) -> (loss, aux)`` and a data factory

@@ -1,9 +1,9 @@
-"""The optimizer (SPEC §2): per-module AdamW groups with their own warmup+cosine schedules,
+"""The optimizer (design §3): per-module AdamW groups with their own warmup+cosine schedules,
 frozen modules mapped to ``optax.set_to_zero``, global-norm clipping over all trained grads.
 
 Parameters are grouped by the first path component that names a configured module
-(``vision_tower``, ``projector``, ``memaug``, ``llm``, ``image_newline``; STYLE lesson 7).
-The release's DeepSpeed config most likely collapses these rates into one (SPEC §2); this port
+(``vision_tower``, ``projector``, ``memaug``, ``llm``, ``image_newline``; design §7.7).
+The release's DeepSpeed config most likely collapses these rates into one (design §3); this port
 implements the table's per-module rates. ``inject_hyperparams`` keeps each group's current
 learning rate in the optimizer state so it can be read back and logged.
 

@@ -1,4 +1,4 @@
-"""The train state pytree and its sharded initialisation (STYLE lesson 8).
+"""The train state pytree and its sharded initialisation (design §7.8).
 
 ``TrainState`` holds everything a checkpoint needs besides the data position: fp32 master
 parameters (a pure nested dict, the layout of ``nnx.to_pure_dict(state)``), the optax state,

@@ -1,7 +1,7 @@
 """The jitted train step: merge, forward/backward in the compute dtype, guarded optimizer update.
 
 One step = one optimizer update over ``grad_accum_steps`` micro-batches (scanned). Inside one
-``jax.jit`` (STYLE lesson 1): fp32 master params are cast to the compute dtype (bf16, SPEC §2),
+``jax.jit`` (design §7.1): fp32 master params are cast to the compute dtype (bf16, design §3),
 merged with the graph (``nnx.merge``), the loss is differentiated w.r.t. the fp32 masters (the
 cast's transpose brings the grads back to fp32), frozen modules sit behind ``stop_gradient``
 (their backward pass is never computed) and keep their exact bits, and a non-finite loss or grad
@@ -124,7 +124,7 @@ def compile_step(
     verbose: bool = True,
 ) -> jax.stages.Compiled:
     """AOT-compiles ``step`` (donating the state) for global batch shapes ``batch_spec`` and
-    prints the compiled memory analysis before step 1 (STYLE lesson 8)."""
+    prints the compiled memory analysis before step 1 (design §7.8)."""
     b_sh = {k: batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in batch_spec.items()}
     rep = NamedSharding(mesh, PartitionSpec())

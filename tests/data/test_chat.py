@@ -1,4 +1,4 @@
-"""Chat text and labels (SPEC §3) against ids worked out by hand.
+"""Chat text and labels (design §4.4) against ids worked out by hand.
 
 Two tokenizers whose ids are known without running the code under test:
 * `byte_tok`: `build_tokenizer` with vocab_size 259 = 3 specials + 256 bytes and no merges. Ids:
@@ -6,7 +6,7 @@ Two tokenizers whose ids are known without running the code under test:
   alphabet sorted by code point: printable ASCII '!'..'~' are ids 3..96 (id = ord(c) - 30), the 94
   printable Latin-1 symbols 97..190, then bytes 0..32 (mapped to U+0100..U+0120) 191..223, so
   '\\n' (byte 10) is 201 and ' ' (byte 32) is 223.
-* `qwen_tok`: a word-level tokenizer holding Qwen2's real ids for the template words (ENV.md:
+* `qwen_tok`: a word-level tokenizer holding Qwen2's real ids for the template words (design §8.5:
   system 8948, user 872, You 2610, " are" 525, " a" 264, " helpful" 10950, " assistant" 17847,
   "." 13, "\\n" 198, specials 151643..151645) and Qwen2's pre-tokenizer, so the prefix tokenizes
   exactly as Qwen2's does: n0 must be 8.
@@ -100,7 +100,7 @@ def test_qwen_ids_give_n0_equal_8(qwen_tok):
         s, M, nl, M, nl, M, e, nl,
         s, 77091, nl, 13048, e, nl,
     ]  # fmt: skip
-    assert chat.kept_prefix_length(out) == 8  # SPEC §1.4
+    assert chat.kept_prefix_length(out) == 8  # design §2.4
 
 
 def test_time_instruction_text_is_exact():

@@ -1,4 +1,4 @@
-"""SPEC §2 frame rules, with expected values written out from the formula."""
+"""design §3.2 frame rules, with expected values written out from the formula."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_by_time_equals_index_rule_on_integer_fps_cfr(seconds, fps):
 
 
 def test_by_time_on_variable_rate():
-    # 140 s: 70 s at 10 fps, then 70 s at 30 fps (the ENV.md case decord reads as 280 s).
+    # 140 s: 70 s at 10 fps, then 70 s at 30 fps (the design §8.4 case decord reads as 280 s).
     ts = np.concatenate([np.arange(700) / 10, 70 + np.arange(2100) / 30])
     assert not is_constant_rate(ts)
     idx = sample_indices_by_time(ts)

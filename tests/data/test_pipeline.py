@@ -127,7 +127,7 @@ def test_batches_are_static_single_stream_and_correct(data):
         pb = pipe.plan.planned(b)
         assert batch["input_ids"].shape == (2, pb.text_len) and pb.text_len % 32 == 0
         metas = [pipe.plan.metas[i] for i in pb.rows]
-        assert {m.stream for m in metas} == {pb.stream}  # SPEC §2 stage 3: one stream per micro-batch
+        assert {m.stream for m in metas} == {pb.stream}  # design §3.1 stage 3: one stream per micro-batch
         if pb.units == 0:
             assert "features" not in batch
         else:
@@ -319,7 +319,7 @@ def test_raw_video_mode_gives_pixels(data, tmp_path):
     for b, batch in enumerate(batches):
         (i,) = pipe.plan.planned(b).rows
         ref = decode_video(tmp_path / "videos" / "synthetic" / recs[i].video, size=56)
-        t = len(ref.indices)  # SPEC §2 raw rule: < 128 s, so min(N, 128) = all N frames
+        t = len(ref.indices)  # design §3.2 raw rule: < 128 s, so min(N, 128) = all N frames
         assert "features" not in batch and batch["pixels"].shape == (1, 32, 56, 56, 3)
         np.testing.assert_array_equal(batch["pixels"][0, :t], normalize(ref.frames))
         assert not batch["pixels"][0, t:].any()

@@ -1,4 +1,4 @@
-"""Image and multi-image records through the grain pipeline (SPEC §1.6), and the model reading them."""
+"""Image and multi-image records through the grain pipeline (design §1.4), and the model reading them."""
 
 from __future__ import annotations
 

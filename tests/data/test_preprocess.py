@@ -1,4 +1,4 @@
-"""SigLIP preprocessing (SPEC §1.1) against transformers' SiglipImageProcessor (PIL backend)."""
+"""SigLIP preprocessing (design §1.1) against transformers' SiglipImageProcessor (PIL backend)."""
 
 from __future__ import annotations
 

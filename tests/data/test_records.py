@@ -1,4 +1,4 @@
-"""Records (SPEC §3): parsing, validation, bad lines named by file and line, paths, QA splitting."""
+"""Records (design §4.2): parsing, validation, bad lines named by file and line, paths, QA splitting."""
 
 from __future__ import annotations
 

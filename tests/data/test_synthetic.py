@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from hourllava_jax.cli import synth as synth_cli
 from hourllava_jax.data import chat, records, synthetic
 from hourllava_jax.data.synthetic import COLOURS, Event, Needle, VideoSpec
 
@@ -156,10 +156,7 @@ def test_corpus_tokenizer_fits_tiny_and_keeps_n0(small, tmp_path):
 
 
 def test_cli(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parents[2] / "launch" / "make_synthetic.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    summary = mod.main(["--out", str(tmp_path), "--seed", "1", "--num-videos", "1", "--min-seconds", "10", "--max-seconds", "10",
+    summary = synth_cli.main(["--out", str(tmp_path), "--seed", "1", "--num-videos", "1", "--min-seconds", "10", "--max-seconds", "10",
                         "--needle-lengths", "8", "--needle-depths", "0.5"])  # fmt: skip
     assert summary["needle"]["num_records"] == 1
     recs = records.load_records(tmp_path / "synthetic.jsonl")

@@ -84,7 +84,7 @@ def test_tfds_source_feeds_the_pipeline(src, tmp_path):
                                  cfg=cfg, shard_options=grain.sharding.NoSharding())
     batches = list(pipe)
     assert len(batches) == len(ds)
-    idx = np.linspace(0, 8, 8).astype(int)  # SPEC §2: T = min(9, int(8.5)) = 8 of the 9 stored frames
+    idx = np.linspace(0, 8, 8).astype(int)  # design §3: T = min(9, int(8.5)) = 8 of the 9 stored frames
     for b, batch in enumerate(batches):
         (i,) = pipe.plan.planned(b).rows
         np.testing.assert_array_equal(batch["features"][0, :8], ds[i]["features"][idx])

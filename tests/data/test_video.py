@@ -1,4 +1,4 @@
-"""PyAV decoding: SPEC §2 indices on real files, frames identical to independent decoders, errors."""
+"""PyAV decoding: design §3.2 indices on real files, frames identical to independent decoders, errors."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_real_samples_equal_decord_and_naive(path):
     np.testing.assert_array_equal(ours.frames, np.stack([ref[i] for i in ours.indices]))
 
 
-# ---------------------------------------------------------------- SPEC §2 indices on files
+# ---------------------------------------------------------------- design §3.2 indices on files
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_one_fps_stride_on_files(tmp_path, fps, seconds, stride):
     n = int(round(seconds * float(fps)))
     index = probe_video(path)
     assert index.num_frames == n and index.constant_rate
-    expected = list(range(0, n, stride))  # SPEC §2: range(0, N, round(native_fps))
+    expected = list(range(0, n, stride))  # design §3: range(0, N, round(native_fps))
     assert len(expected) >= 128
     assert index.select().tolist() == expected
     got = decode_video(path, size=None)
@@ -151,7 +151,7 @@ def test_fewer_than_128_frames_takes_all(tmp_path):
 
 
 def test_variable_frame_rate_by_timestamps(tmp_path):
-    # 140 s: 70 s at 2 fps, then 70 s at 6 fps (ENV.md's 10+30 fps case, scaled down).
+    # 140 s: 70 s at 2 fps, then 70 s at 6 fps (design §8.4's 10+30 fps case, scaled down).
     ts = np.concatenate([np.arange(140) / 2, 70 + np.arange(420) / 6])
     path = write_video(tmp_path / "vfr.mp4", timestamps=ts, size=(32, 32), options={"preset": "ultrafast"})
     index = probe_video(path)

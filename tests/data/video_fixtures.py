@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-# (codec, container suffix, encoder options): the formats SPEC/brief require us to read.
+# (codec, container suffix, encoder options): the formats the project must read (design §8.4).
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     "h264_mp4": ("libx264", ".mp4", {"preset": "ultrafast"}),
     "h264_bframes_mp4": ("libx264", ".mp4", {"preset": "veryfast", "bf": "3"}),

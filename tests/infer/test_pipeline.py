@@ -1,5 +1,5 @@
 """VideoQA end to end on the tiny model: determinism, cache == no cache bit for bit, streaming,
-seeded sampling, prompt (SPEC §3), no recompilation across questions, bad files, loading, CLI."""
+seeded sampling, prompt (design §4), no recompilation across questions, bad files, loading, CLI."""
 
 from __future__ import annotations
 

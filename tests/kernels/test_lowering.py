@@ -1,6 +1,6 @@
 """The Pallas kernels lower for real accelerators from this CPU machine (jax.export).
 
-Hour-LLaVA-3B MemAug cross-attention shapes (SPEC §1.5: 16 heads, 2 kv heads, head_dim 128) and a
+Hour-LLaVA-3B MemAug cross-attention shapes (design §1.3: 16 heads, 2 kv heads, head_dim 128) and a
 causal LLM case, forward and gradient, serialised. Lowering checks Mosaic's block-shape rules
 and Triton's power-of-two shapes; the Mosaic/Triton compile itself is not run here.
 """

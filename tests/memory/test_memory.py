@@ -1,4 +1,4 @@
-"""Video memory repository, pooling and forgetting (SPEC §1.2–1.3): golden values by hand, torch parity."""
+"""Video memory repository, pooling and forgetting (design §1.2, §2): golden values by hand, torch parity."""
 
 from __future__ import annotations
 

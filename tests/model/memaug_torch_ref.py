@@ -1,4 +1,4 @@
-"""A plain PyTorch MemAug written from SPEC §1.5 (test-only reference; no masks, batch of one).
+"""A plain PyTorch MemAug written from design §1.3 (test-only reference; no masks, batch of one).
 
 Names follow the release: ``layers.{i}.self_attn.Wqkv``, ``self_attn.Wo``, ``cross_attn.Wq``,
 ``cross_attn.Wkv``, ``cross_attn.Wo``, ``mlp.0`` / ``mlp.2``, ``norm1..3``.

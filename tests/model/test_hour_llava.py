@@ -1,4 +1,4 @@
-"""The assembled model: batched, padded forward == a literal single-sample reference (SPEC §1.2–1.4)."""
+"""The assembled model: batched, padded forward == a literal single-sample reference (design §1.2, §2.4)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _sample(rng, cfg, frames, length, ph_at, supervised_from):
 
 
 def _reference_logits(model, cfg, s: Sample) -> np.ndarray:
-    """One sample, no padding, written from SPEC §1.3–1.4 with the standalone memory builder."""
+    """One sample, no padding, written from design §2, §2.4 with the standalone memory builder."""
     projected = model.project(jnp.asarray(s.features))
     vm = build_video_memory(projected, model.image_newline[...], cfg.memory)
     ids, labels = s.input_ids, s.labels

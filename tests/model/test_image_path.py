@@ -1,4 +1,4 @@
-"""Images in the batched model (SPEC §1.6): anyres and multi-image samples, padded and batched
+"""Images in the batched model (design §1.4): anyres and multi-image samples, padded and batched
 with videos, give the logits of a literal single-sample reference built from ``anyres.py``.
 
 Tiny geometry: crops of 112 px (SigLIP patch 14 -> g = 8, 64 tokens per crop), pinpoints
@@ -55,7 +55,7 @@ def _anyres_sample(rng, cfg, size, key, length, ph_at):
 
 
 def _reference_logits(model, ids, labels, memory, memory_pos, blocks) -> np.ndarray:
-    """SPEC §1.4 written out for one unpadded sample. blocks: per placeholder, (decayed tokens
+    """design §2.4 written out for one unpadded sample. blocks: per placeholder, (decayed tokens
     float[N, H], their memory ids int[N]). The query and the LLM input are listed on the host as
     rows of [text embeddings; decayed tokens] and of [text embeddings; MemAug output]."""
     ph = np.flatnonzero(ids == IMG)
@@ -240,7 +240,7 @@ def test_collate_packs_smaller_units_and_keeps_videos_one_tap(cfg):
 
 def test_image_pixels_through_the_unpooled_tower(cfg, model):
     """``pixels`` of [base, crops...] with ``video=False``: the tower's g² tokens per crop feed
-    the same layout (no pooling, SPEC §1.2)."""
+    the same layout (no pooling, design §1.2)."""
     rng = np.random.default_rng(3)
     key = jax.random.key(7)
     size = (150, 250)

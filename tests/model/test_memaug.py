@@ -1,4 +1,4 @@
-"""MemAug (SPEC §1.5): parity with a PyTorch reference, padding invariance, names, param counts."""
+"""MemAug (design §1.3): parity with a PyTorch reference, padding invariance, names, param counts."""
 
 from __future__ import annotations
 

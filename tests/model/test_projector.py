@@ -1,4 +1,4 @@
-"""mlp2x_gelu projector: fp32 parity with the release's nn.Sequential, key rules (SPEC §1.2)."""
+"""mlp2x_gelu projector: fp32 parity with the release's nn.Sequential, key rules (design §1.2)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from hourllava_jax.model.qwen2 import Qwen2
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
 from qwen2_ref import hf_twin, tiny_cfg, to_np  # noqa: E402
 
-TOL = 2e-5  # logits are O(1); fp32 implementations agree to ~1e-7 (ENV.md)
+TOL = 2e-5  # logits are O(1); fp32 implementations agree to ~1e-7 (design §8.5)
 
 
 @pytest.mark.parametrize(

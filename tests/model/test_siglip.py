@@ -1,4 +1,4 @@
-"""SigLIP vision tower: fp32 parity with transformers' SiglipVisionModel, key rules (SPEC §1.1)."""
+"""SigLIP vision tower: fp32 parity with transformers' SiglipVisionModel, key rules (design §1.1)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_parity_through_safetensors(torch_fp32, tmp_path, prefix):
     model = _hf_model(torch_fp32, TRUNC)
     model.save_pretrained(tmp_path / "hf")
     saved = load_file(tmp_path / "hf" / "model.safetensors")
-    assert siglip_prefix(saved) == ""  # transformers 5 saves a bare SiglipVisionModel unprefixed (ENV.md)
+    assert siglip_prefix(saved) == ""  # transformers 5 saves a bare SiglipVisionModel unprefixed (design §8.5)
     save_file({prefix + k: v for k, v in saved.items()}, tmp_path / "ckpt.safetensors")
     tensors = load_file(tmp_path / "ckpt.safetensors")
 
@@ -195,7 +195,7 @@ def test_bfloat16_compute_stays_close_to_fp32(torch_fp32):
 
 
 def test_so400m_shapes_abstractly():
-    """The release's tower (26 held layers, SPEC §1.1): [N, 384, 384, 3] -> [N, 729, 1152], traced
+    """The release's tower (26 held layers, design §1.1): [N, 384, 384, 3] -> [N, 729, 1152], traced
     without allocating its ~400M parameters."""
     cfg = VisionConfig()
     tower = nnx.eval_shape(lambda: SiglipVisionTower(cfg, rngs=nnx.Rngs(0)))

@@ -1,4 +1,4 @@
-"""Query building and LLM splice (SPEC §1.4) against a literal transcription of the pseudo-code."""
+"""Query building and LLM splice (design §2.4) against a literal transcription of the pseudo-code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ IMG = -200
 
 
 def _reference(ids, labels, decayed_pos, n_valid, max_len):
-    """Per sample, in Python lists, exactly as SPEC §1.4 writes it."""
+    """Per sample, in Python lists, exactly as design §2.4 writes it."""
     segments, blocks, cur = [], [], []
     for t, tok in enumerate(ids):
         if tok == IMG:
@@ -99,7 +99,7 @@ def test_query_and_splice_match_pseudocode(rng, with_labels):
 
 def test_decayed_tokens_sit_n0_ahead_of_their_memory_entry():
     """With one video placeholder after n0 kept prefix tokens, every decayed token's query position
-    is its memory id + n0 (SPEC §1.4 consequence)."""
+    is its memory id + n0 (design §2.4 consequence)."""
     n0 = 8
     ids = np.array([[5] * n0 + [IMG] + [7, 7, 7]])
     labels = np.array([[IGNORE_INDEX] * (n0 + 1) + [7, 7, IGNORE_INDEX]])

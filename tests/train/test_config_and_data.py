@@ -1,4 +1,4 @@
-"""Stage configs against the SPEC §2 table; the in-memory data iterator; metrics helpers."""
+"""Stage configs against the design §3.1 table; the in-memory data iterator; metrics helpers."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_stage_configs_follow_spec(size, stage):
     # Each stage starts from its predecessor (SPEC §2): the composed start, then the previous workdir.
     assert cfg.init.source == (f"ckpt/qwen25-{size}-s0" if stage == 1 else f"runs/{size}_stage{stage - 1}")
     cfg.data.check_sources()
-    assert cfg.data.image_root  # every stage trains on image records (SPEC §2 table)
-    assert cfg.data.record_weights == ((3.0, 1.0) if stage == 3 else ())  # 3:1 long:short (SPEC §4)
+    assert cfg.data.image_root  # every stage trains on image records (design §3.1 table)
+    assert cfg.data.record_weights == ((3.0, 1.0) if stage == 3 else ())  # 3:1 long:short (design §5)
 
 
 def test_record_weights_must_match_the_record_files():

@@ -13,7 +13,7 @@ from train_harness import host_tree, one_device_mesh, run_steps, tiny_cfg
 from hourllava_jax.config.base import ConfigError
 from hourllava_jax.train.optimizer import current_lrs, param_labels
 
-# Stage-1-like: MemAug only (SPEC §2), plus a second trained group with another rate.
+# Stage-1-like: MemAug only (design §3), plus a second trained group with another rate.
 STAGE1ISH = (
     "optim.modules.projector.trainable=false", "optim.modules.image_newline.trainable=false",
     "optim.modules.memaug.lr=0.001", "optim.modules.llm.lr=0.0003", "num_steps=10",

@@ -61,7 +61,7 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 1) -
                 stream = out.add_stream("libx264", rate=fps)
                 stream.height, stream.width = frame.shape[:2]
                 stream.pix_fmt = "yuv420p"
-                # 1 s GOP keeps per-second seeking cheap (ENV.md); no B-frames keeps pts == order.
+                # 1 s GOP keeps per-second seeking cheap (design §8.4); no B-frames keeps pts == order.
                 stream.codec_context.gop_size = max(1, fps)
                 stream.codec_context.options = {"bf": "0", "preset": "ultrafast"}
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
