@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output directory shared by all processes")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: the checkpoint)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter and compute dtype")
-    p.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames (default: none, SPEC §2)")
+    p.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames (default: none, design §3)")
     p.add_argument("--cache-dir", type=Path, default=None, help="on-disk cache of encoded videos (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (default: the lmms-eval task's, 16; LongVideoBench 32)")

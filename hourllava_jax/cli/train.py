@@ -1,4 +1,4 @@
-"""Train Hour-LLaVA (SPEC §2): ``python launch/train.py --config configs/train/tiny.yaml
+"""Train Hour-LLaVA (design §3): ``python launch/train.py --config configs/train/tiny.yaml
 --workdir /tmp/run [--set key=value ...]``.
 
 Resumes automatically from the latest complete checkpoint in ``--workdir``; a fresh run starts

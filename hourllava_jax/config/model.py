@@ -1,5 +1,5 @@
 """Model configs: SigLIP vision tower, Qwen2 LLM, MemAug, the video/image memory rules, and the
-whole Hour-LLaVA model (SPEC §1). Presets live in ``configs/model/*.yaml``; the mappings from
+whole Hour-LLaVA model (design §1). Presets live in ``configs/model/*.yaml``; the mappings from
 and to Hugging Face ``config.json`` dicts are in :mod:`hourllava_jax.convert.hf_config`.
 """
 
@@ -23,7 +23,7 @@ def _require(cond: bool, msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-    """SigLIP vision tower (SPEC §1.1). so400m-patch14-384: 1152/4304/16 heads, 27 layers in the
+    """SigLIP vision tower (design §1.1). so400m-patch14-384: 1152/4304/16 heads, 27 layers in the
     original model; the release keeps 26 and reads the last of them without post-layernorm."""
 
     hidden_size: int = 1152
@@ -67,7 +67,7 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-    """Qwen2 / Qwen2.5 decoder (SPEC §1, table)."""
+    """Qwen2 / Qwen2.5 decoder (design §1, table)."""
 
     vocab_size: int = 151936
     hidden_size: int = 2048
@@ -105,7 +105,7 @@ class LLMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MemAugConfig:
-    """MemAug (SPEC §1.5). Width, heads, kv heads and rope_theta are copied from the LLM."""
+    """MemAug (design §1.3). Width, heads, kv heads and rope_theta are copied from the LLM."""
 
     depth: int = 4
     mlp_ratio: int = 4
@@ -116,7 +116,7 @@ class MemAugConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
-    """Video memory repository and forgetting (SPEC §1.2–1.3), images (SPEC §1.6)."""
+    """Video memory repository and forgetting (design §1.2, §2), images (design §1.4)."""
 
     pool_size: int = 8  # 27x27 SigLIP grid bilinear-resized to 8x8 per frame
     min_frames: int = 128  # videos with fewer frames are repeated up to this; 0 disables
@@ -144,7 +144,7 @@ class MemoryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HourLlavaConfig:
-    """The whole model: SigLIP -> projector -> memory -> MemAug -> Qwen2 (SPEC §1)."""
+    """The whole model: SigLIP -> projector -> memory -> MemAug -> Qwen2 (design §1)."""
 
     vision: VisionConfig = VisionConfig()
     llm: LLMConfig = LLMConfig()

@@ -1,5 +1,5 @@
 """The release's ``vision_resampler`` tensor names <-> :class:`~hourllava_jax.model.memaug.MemAug`
-parameter paths (SPEC §1.5). Attribute names match the release's one to one; torch Linear
+parameter paths (design §1.3). Attribute names match the release's one to one; torch Linear
 weights are (out, in), flax kernels (in, out)."""
 
 from __future__ import annotations

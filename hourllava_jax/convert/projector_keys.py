@@ -1,5 +1,5 @@
 """The release's ``mm_projector`` tensor names <-> :class:`~hourllava_jax.model.projector.Projector`
-parameter paths (SPEC §1.2): ``nn.Sequential`` indices 0 and 2 are ``linear_0`` / ``linear_2``."""
+parameter paths (design §1.2): ``nn.Sequential`` indices 0 and 2 are ``linear_0`` / ``linear_2``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Images: ``anyres_max_9`` geometry on the image side (SPEC §1.6).
+"""Images: ``anyres_max_9`` geometry on the image side (design §1.4).
 
 Pure functions on PIL images, as LLaVA-NeXT: pick the best pinpoint resolution, resize keeping
 the aspect, pad black and centre, cut 384² crops, plus a base image resized (distorted) to 384².
@@ -64,7 +64,7 @@ def divide_to_patches(image, patch: int) -> list:
 
 
 def anyres_image_crops(image, max_grid: int = 6, patch: int = 384) -> tuple[list, Size]:
-    """[base image resized to patch², crop_0, ..., crop_{nph*npw-1}] and (npw, nph) (SPEC §1.6)."""
+    """[base image resized to patch², crop_0, ..., crop_{nph*npw-1}] and (npw, nph) (design §1.4)."""
     from PIL import Image
 
     best = select_best_resolution(image.size, grid_pinpoints(max_grid, patch))

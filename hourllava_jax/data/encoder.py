@@ -1,4 +1,4 @@
-"""The one frame encoder: frames -> SigLIP -> bilinear pool per frame (SPEC §1.1-1.2).
+"""The one frame encoder: frames -> SigLIP -> bilinear pool per frame (design §1.1, §1.2).
 
 Used by feature extraction (``data/extract.py``), inference (``infer/pipeline.py``) and the demo::
 
@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from hourllava_jax.data.preprocess import normalize
 from hourllava_jax.memory.resize import pool_frames
 
-DEFAULT_POOL_SIZE = 8  # SPEC §1.2: 27x27 -> 8x8 per frame, for a bare SigLIP checkpoint
+DEFAULT_POOL_SIZE = 8  # design §1.2: 27x27 -> 8x8 per frame, for a bare SigLIP checkpoint
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "pool_size"))
@@ -51,13 +51,13 @@ class FrameEncoder:
       tower: a :class:`~hourllava_jax.model.siglip.SiglipVisionTower` (its parameters are
         snapshotted here: build a new encoder after changing them).
       pool_size: p of the p x p pooled grid per frame; None returns the unpooled g² tokens
-        (what images use, SPEC §1.6).
+        (what images use, design §1.4).
       chunk: frames per compiled call (rounded up to a multiple of the device count).
       devices: split each chunk over these devices (parameters replicated on them); None: no
         placement, the parameters stay where they are (e.g. inside a served model).
 
     ``__call__(frames) -> float32[N, p², C]``: ``frames`` uint8[N, S, S, 3] RGB at the tower's
-    size (normalised here, SPEC §1.1), or float[N, S, S, 3] already normalised.
+    size (normalised here, design §1.1), or float[N, S, S, 3] already normalised.
     """
 
     def __init__(self, tower: nnx.Module, *, pool_size: int | None, chunk: int = 64,
@@ -125,7 +125,7 @@ class FrameEncoder:
         the release's way: penultimate layer, no head) or an Hour-LLaVA one (also the output of
         ``hourllava-convert compose``), of which only the vision tensors are read.
 
-        ``pool_size``: default the Hour-LLaVA config's ``memory.pool_size``, else 8 (SPEC §1.2).
+        ``pool_size``: default the Hour-LLaVA config's ``memory.pool_size``, else 8 (design §1.2).
         ``dtype``: parameter and compute dtype (the release extracts in float32).
         """
         tower, cfg_pool = load_vision_tower(path, dtype)

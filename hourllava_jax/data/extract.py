@@ -1,4 +1,4 @@
-"""Pre-extraction: pooled SigLIP features of a video tree into a feature store (SPEC §2 "Pre-extraction").
+"""Pre-extraction: pooled SigLIP features of a video tree into a feature store (design §3.3 "Pre-extraction").
 
     enc = build_encoder("ckpt/")                       # or FrameEncoder(tower, pool_size=p)
     summary = extract_features("DATA/videos", "DATA/feature_store", enc)
@@ -6,8 +6,8 @@
 Per video (key ``<data_source>/<video without extension>``, the path under the videos directory;
 ``data/features.feature_key`` of its records): the release's frames (``frames.extraction_indices``:
 ``k = max(int(N / fps), 128)`` at ``linspace(0, N-1, k)``, all N below 128), decoded by PyAV and
-resized with PIL bicubic to the tower's input size (SPEC §1.1), the frame encoder (SigLIP, then
-bilinear resize of each frame's grid to p x p, SPEC §1.2), stored as float[k, p², C] with the
+resized with PIL bicubic to the tower's input size (design §1.1), the frame encoder (SigLIP, then
+bilinear resize of each frame's grid to p x p, design §1.2), stored as float[k, p², C] with the
 video's duration (``data/features.py``). At load time the data pipeline takes
 ``T = min(k, int(duration))`` of them at ``linspace`` (``frames.feature_indices``).
 

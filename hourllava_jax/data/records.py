@@ -1,4 +1,4 @@
-"""Training records (SPEC §3): read, validate, resolve paths, split into <= 5 QA pairs.
+"""Training records (design §4.2): read, validate, resolve paths, split into <= 5 QA pairs.
 
 Layout (LLaVA-Video-178K / VideoMarathon; LLaVA-OneVision images use `image`, a str or a list)::
 
@@ -31,7 +31,7 @@ from hourllava_jax.data import errors
 from hourllava_jax.data.errors import DataError
 
 IMAGE_TOKEN = "<image>"
-MAX_QA_PAIRS = 5  # SPEC §3: up to 5 QA pairs of one video per record
+MAX_QA_PAIRS = 5  # design §4.2: up to 5 QA pairs of one video per record
 _KNOWN_KEYS = frozenset({"id", "video", "image", "data_source", "conversations"})
 _JSON_CHUNK = 1 << 20  # characters read per step when streaming a JSON list
 _JSON_MAX_ELEMENT = 64 << 20  # one record larger than this is treated as corrupt
@@ -99,7 +99,7 @@ class Record:
 def parse_record(raw: Any, where: str) -> Record:
     """Validates one raw record (a dict from JSON) into a `Record`.
 
-    Rules (SPEC §3): a leading non-human turn is dropped; turns then alternate human/gpt and end
+    Rules (design §4): a leading non-human turn is dropped; turns then alternate human/gpt and end
     with gpt; `<image>` appears only in human turns, and exactly `num_visuals` times (a video
     or an image record without it is MISSING_IMAGE_TOKEN, a wrong count IMAGE_COUNT_MISMATCH).
     Raises DataError(where, reason, detail).
@@ -193,7 +193,7 @@ def parse_record(raw: Any, where: str) -> Record:
 
 
 def split_qa_pairs(record: Record, max_pairs: int = MAX_QA_PAIRS) -> list[Record]:
-    """Splits a record with more than `max_pairs` QA pairs into consecutive chunks (SPEC §3).
+    """Splits a record with more than `max_pairs` QA pairs into consecutive chunks (design §4).
 
     Splitting (not truncating) keeps every answer as supervision. Each chunk of a video or
     single-image record starts with `<image>\\n` in its first question (the release puts the
@@ -242,7 +242,7 @@ def _resolve_under(root: Path, parts: tuple[str, ...], where: str) -> Path:
 
 
 def video_path(root: str | Path, record: Record) -> Path:
-    """`<root>/videos/<data_source>/<video>` (SPEC §3). DataError PATH_ESCAPES_ROOT if it leaves root/videos."""
+    """`<root>/videos/<data_source>/<video>` (design §4). DataError PATH_ESCAPES_ROOT if it leaves root/videos."""
     return video_file(Path(root) / "videos", record)
 
 
@@ -254,7 +254,7 @@ def video_file(videos_dir: str | Path, record: Record) -> Path:
 
 
 def feature_path(root: str | Path, record: Record, ext: str = "safetensors") -> Path:
-    """`<root>/features/<data_source>/<video without extension>.<ext>` (SPEC §3)."""
+    """`<root>/features/<data_source>/<video without extension>.<ext>` (design §4)."""
     if record.video is None:
         raise ValueError(f"{record.origin}: record {record.id!r} has no video")
     stem, _ = posixpath.splitext(record.video.replace("\\", "/"))

@@ -3,7 +3,7 @@ into the stage-1 start exactly as ``hourllava-convert compose`` does for the rea
 
 There are no public tiny weights (and no network), so the demo writes its own: a randomly
 initialised SigLIP with one layer more than the tiny preset uses (compose drops the last layer,
-as the release does, SPEC §1.1) and a Qwen2 with the tiny preset's shapes. ``fold_feature_norm``
+as the release does, design §1.1) and a Qwen2 with the tiny preset's shapes. ``fold_feature_norm``
 then standardises the frozen tower's features per channel inside the projector's first Linear:
 the random tower's outputs share a large common offset, and this data-dependent
 re-initialisation of one layer speeds up learning (docs/demo.md) while the checkpoint stays an

@@ -10,11 +10,11 @@ multi-host evaluation runs one such process per host on its own shards (``eval/s
   questions consecutively and calls ``release_video`` after the last), the user text is
   ``eval.prompt.build_prompt(item, timestamps, style)`` (lmms-eval's per-benchmark prompt by
   default; subtitles filtered to the sampled frames), the time instruction and ChatML are added
-  by the pipeline (SPEC §3), greedy generation.
+  by the pipeline (design §4), greedy generation.
 * ``option_loglikelihoods(item)``: log p(continuation_i | video, prompt) for every option,
   teacher-forced: the prompt is prefilled once into the KV cache and all options go through one
   batched forward on top of it. The visual tokens come from the prompt alone (MemAug's query is
-  the prompt, SPEC §1.4, exactly as when generating); each option's tokens follow the prompt's
+  the prompt, design §2.4, exactly as when generating); each option's tokens follow the prompt's
   last valid token. The continuation is ``"{letter}. {option}"`` by default (what the prompt
   asks for, followed by the option's own tokens; ``target="letter"`` / ``"option"`` score the
   letter or the text alone). Scores are sums over the continuation's tokens (lmms-eval's
@@ -157,7 +157,7 @@ def load_answerer(checkpoint: str | Path, *, tokenizer_dir: str | Path | None = 
         ``tokenizer_dir`` (default: the checkpoint directory).
       cache_dir: on-disk cache of encoded videos (default: memory only).
       dtype: parameter and compute dtype (``"bfloat16"`` halves the memory).
-      max_frames: cap on sampled frames (default: none, SPEC §2).
+      max_frames: cap on sampled frames (default: none, design §3).
       mesh: where the parameters go (default :func:`local_mesh`, all local devices).
       Other keyword arguments go to :class:`VideoQA`.
     """

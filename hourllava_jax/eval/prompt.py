@@ -3,7 +3,7 @@
 Published long-video numbers (LLaVA-Video's, and the Hour-LLaVA table it is compared with) come
 from lmms-eval, whose prompt differs per task. ``build_prompt(item, timestamps, style)`` returns
 the text after the video placeholder; the time instruction and the chat template are added by the
-inference pipeline (SPEC §3), which knows the sampled frames.
+inference pipeline (design §4), which knows the sampled frames.
 
 Styles (``--prompt``):
 

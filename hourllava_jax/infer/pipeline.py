@@ -1,17 +1,17 @@
-"""Ask Hour-LLaVA a question about a video file: decode, encode, prompt, generate (SPEC §1–3).
+"""Ask Hour-LLaVA a question about a video file: decode, encode, prompt, generate (design §1–4).
 
     qa = VideoQA.from_pretrained("ckpt/", cache_dir="~/.cache/hourllava")
     ans = qa.answer("talk.mp4", "What is on the whiteboard?", max_new_tokens=64, stream=print_piece)
 
 Steps of :meth:`VideoQA.answer`:
 
-1. ``encode``: PyAV decoding at 1 FPS (SPEC §2, ``data/video.py``) straight to the tower's size,
+1. ``encode``: PyAV decoding at 1 FPS (design §3.2, ``data/video.py``) straight to the tower's size,
    then the shared :class:`~hourllava_jax.data.encoder.FrameEncoder` (SigLIP normalisation,
    vision tower + bilinear pooling, jitted on fixed-size chunks of frames: one compile for any
    video length). Cached per (video content, vision tower,
    sampling settings) by :class:`~hourllava_jax.infer.memory_cache.MemoryCache`.
-2. Prompt: time instruction + ChatML + the assistant header (SPEC §3). Inference passes no
-   labels, so the whole prompt is the MemAug query (SPEC §1.4; training drops the labelled
+2. Prompt: time instruction + ChatML + the assistant header (design §4). Inference passes no
+   labels, so the whole prompt is the MemAug query (design §2.4; training drops the labelled
    ``\\n``/ChatML tokens, the release does not at inference and neither do we).
 3. Layout: :func:`~hourllava_jax.memory.layout.video_layout` with ``uniform`` spatial and
    temporal forgetting by default (deterministic; the release draws random spatial subsets,
@@ -119,11 +119,11 @@ class VideoQA:
       model: a :class:`~hourllava_jax.model.hour_llava.HourLlava`; config: its config.
       tokenizer: a HF tokenizer with the ChatML tokens (``data/tokenizer.py``).
       cache: a :class:`MemoryCache` (default: in memory, 4 videos); ``cache=False`` disables it.
-      fps / min_frames / max_frames: frame sampling (SPEC §2: 1 FPS, at least 128, no cap).
+      fps / min_frames / max_frames: frame sampling (design §3.2: 1 FPS, at least 128, no cap).
       frame_chunk: frames per vision-tower call (fixed: one compile for every video length).
       text_bucket / unit_bucket: padding multiples of the prompt and of the frame count.
       forgetting: ``uniform`` (deterministic) or ``random`` spatial forgetting with
-        ``forgetting_seed`` (SPEC §1.3).
+        ``forgetting_seed`` (design §2).
       decode_timeout_s: wall-clock budget for decoding one video.
 
     The parameters are snapshotted at construction (``nnx.split``) and the vision fingerprint is
@@ -217,7 +217,7 @@ class VideoQA:
     # -- prompt and model inputs ------------------------------------------------------------
 
     def prompt_ids(self, question: str, enc: EncodedVideo) -> np.ndarray:
-        """int32[L]: time instruction + ChatML + assistant header (SPEC §3), one ``<image>``."""
+        """int32[L]: time instruction + ChatML + assistant header (design §4.4), one ``<image>``."""
         turns = add_time_instruction([Turn("human", question)], enc.duration, enc.num_frames)
         return generation_prompt(turns, self.tokenizer, self.config.image_token_id)
 

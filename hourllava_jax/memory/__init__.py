@@ -1,1 +1,1 @@
-"""The memory stage (SPEC §1.2–1.6): host plan (layout), in-graph gather, and the single-sample reference."""
+"""The memory stage (design §1.2, §1.4): host plan (layout), in-graph gather, and the single-sample reference."""

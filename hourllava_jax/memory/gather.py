@@ -1,6 +1,6 @@
 """The memory stage inside the graph: gathers the memory repository and the decayed tokens from
 the projected visual tokens, following the host plan's index maps
-(:mod:`hourllava_jax.memory.layout`; SPEC §1.3, §1.6). Static shapes throughout; padding slots
+(:mod:`hourllava_jax.memory.layout`; design §2, §1.4). Static shapes throughout; padding slots
 come back zeroed and marked invalid.
 """
 
@@ -17,7 +17,7 @@ def gather_memory(projected: jax.Array, memory_src: jax.Array, newline: jax.Arra
     """projected float[B, U·P, H], memory_src int32[B, M], newline float[H]
     -> (memory float[B, M, H], valid bool[B, M]).
 
-    With ``memory_w`` float32[B, M, T] (anyres images, SPEC §1.6), ``memory_src`` is
+    With ``memory_w`` float32[B, M, T] (anyres images, design §1.4), ``memory_src`` is
     int32[B, M, T] and a slot is ``sum_t w_t * projected[src_t]`` over taps with src_t >= 0
     (the bilinear downscale after the projector); tap 0 carries NEWLINE / PAD as usual.
     """
@@ -40,7 +40,7 @@ def gather_memory(projected: jax.Array, memory_src: jax.Array, newline: jax.Arra
 def gather_decayed(memory: jax.Array, memory_pos: jax.Array, decayed: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """memory float[B, M, H], memory_pos int32[B, M], decayed int32[B, K, N] (memory slots,
     -1 = padding) -> (tokens float[B, K, N, H], positions int32[B, K, N], valid bool[B, K, N]).
-    A decayed token is its memory slot, RoPE id included (SPEC §1.3)."""
+    A decayed token is its memory slot, RoPE id included (design §2)."""
     b = memory.shape[0]
     k, n = decayed.shape[1:]
     flat = jnp.clip(decayed, 0).reshape(b, k * n)

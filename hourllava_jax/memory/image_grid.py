@@ -1,4 +1,4 @@
-"""The model side of an anyres image's token grid (SPEC §1.6), shared by the host plan and the
+"""The model side of an anyres image's token grid (design §1.4), shared by the host plan and the
 reference: which rows/columns survive unpadding, the base tokens' position ids, and the newlines
 of a decayed block. The crops' g x g feature grids form an (nph*g, npw*g) grid; padding is removed
 by the original aspect (``unpad``). Sizes are (width, height), as PIL reports them.

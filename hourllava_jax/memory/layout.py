@@ -1,4 +1,4 @@
-"""The memory stage's host plan: which token goes where in the memory and the query (SPEC §1.3, §1.6).
+"""The memory stage's host plan: which token goes where in the memory and the query (design §2, §1.4).
 
 The jitted model only gathers: it receives, per sample, integer maps saying which projected
 token (or the ``image_newline``) fills each memory slot, each slot's RoPE position, and which
@@ -13,7 +13,7 @@ Index conventions of ``memory_src``: ``>= 0`` a projected token of the sample's 
 flattened as ``unit * tokens_per_unit + token``; :data:`NEWLINE` the learned newline;
 :data:`PAD` an empty slot (masked out of attention).
 
-Images (SPEC §1.6) need more than a gather: an anyres grid larger than ``max_crops`` crops is
+Images (design §1.4) need more than a gather: an anyres grid larger than ``max_crops`` crops is
 bilinear-downscaled after the projector, and a bilinear resize is a linear map in which each
 output token mixes at most 2 x 2 input tokens. So an image layout carries a 4-tap map,
 ``memory_src`` int32[M, 4] and ``memory_w`` float32[M, 4]: slot = sum_t w_t * projected[src_t]
@@ -57,7 +57,7 @@ class VisualLayout:
 
 
 def video_layout(num_frames: int, cfg: MemoryConfig, *, key: jax.Array | None = None, frame_emb: np.ndarray | None = None) -> VisualLayout:
-    """Layout of one video of ``num_frames`` pooled frames (SPEC §1.2–1.3).
+    """Layout of one video of ``num_frames`` pooled frames (design §1.2, §2).
 
     Memory: the frames after repetition to ``cfg.min_frames``, per frame its p² tokens then the
     newline, positions ``arange``. Decayed: for each kept frame (temporal forgetting) its kept
@@ -82,7 +82,7 @@ def video_layout(num_frames: int, cfg: MemoryConfig, *, key: jax.Array | None = 
 
 
 def multi_image_layout(num_images: int, tokens_per_image: int, cfg: MemoryConfig, *, key: jax.Array | None = None) -> VisualLayout:
-    """Several images in one sample (SPEC §1.6), the batched form of
+    """Several images in one sample (design §1.4), the batched form of
     :func:`~hourllava_jax.memory.reference.build_multi_image_memory`: each image's g² tokens then a
     newline; ids ``arange(N·g²)`` and one newline id ``N·g²`` shared by all; each placeholder's
     query block is its own image's kept tokens (``cfg.spatial_mode``: ``random`` ceil(25%) drawn
@@ -108,7 +108,7 @@ def _row_taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def image_layout(image_size: tuple[int, int], num_patches: tuple[int, int], tokens_per_side: int, cfg: MemoryConfig, *,
                  key: jax.Array | None = None) -> VisualLayout:
-    """One anyres_max_9 image (SPEC §1.6), the batched form of
+    """One anyres_max_9 image (design §1.4), the batched form of
     :func:`~hourllava_jax.memory.reference.build_anyres_memory` (same slots, positions and draw).
 
     Args:
@@ -178,7 +178,7 @@ def _unpadded_grid(image_size: tuple[int, int], num_patches: tuple[int, int], g:
 
 
 def _downscaled_size(h: int, w: int, g: int, max_crops: int) -> tuple[int, int] | None:
-    """The bilinear target of an h x w grid larger than ``max_crops`` crops (SPEC §1.6:
+    """The bilinear target of an h x w grid larger than ``max_crops`` crops (design §1.4:
     ``s = sqrt(h·w / (max_crops·g²)) > 1.1`` -> (h // s, w // s)), else None."""
     times = np.sqrt(h * w / (max_crops * g * g))
     return (int(h // times), int(w // times)) if times > 1.1 else None

@@ -1,5 +1,5 @@
 """The memory stage's executable specification: one sample at a time, written as the paper and
-the release describe it (SPEC §1.2–1.6). Nothing in training or inference runs this module; the
+the release describe it (design §1.2, §1.4). Nothing in training or inference runs this module; the
 tests compare it against the batched path (:mod:`~hourllava_jax.memory.layout` on the host plus
 :mod:`~hourllava_jax.memory.gather` in the graph), which must give the same memory, the same
 decayed tokens and the same positions.
@@ -34,7 +34,7 @@ from hourllava_jax.memory.resize import bilinear_resize, repeat_to_min_frames
                    meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class VideoMemory:
-    """One video's memory repository and decayed tokens (SPEC §1.3). p2 = pool_size², k = kept per frame.
+    """One video's memory repository and decayed tokens (design §2). p2 = pool_size², k = kept per frame.
 
     memory: float[T*(p2+1), H], per frame its p2 tokens then the newline.
     memory_positions: int32[T*(p2+1)] = arange.
@@ -53,7 +53,7 @@ class VideoMemory:
 
 def build_video_memory(frame_tokens: jax.Array, newline: jax.Array, cfg: MemoryConfig, *,
                        rng: jax.Array | None = None, question_emb: jax.Array | None = None) -> VideoMemory:
-    """Memory repository + spatial/temporal forgetting for one video (SPEC §1.2–1.3).
+    """Memory repository + spatial/temporal forgetting for one video (design §1.2, §2).
 
     Args:
       frame_tokens: float[T, p*p, H] projected, pooled frame tokens (before repetition).
@@ -91,7 +91,7 @@ def build_video_memory(frame_tokens: jax.Array, newline: jax.Array, cfg: MemoryC
 
 
 def anyres_grid_features(crop_feats: jax.Array, num_patches: Size, image_size: Size, max_crops: int = 9) -> jax.Array:
-    """Crop features -> the unpadded (and possibly downscaled) grid (SPEC §1.6).
+    """Crop features -> the unpadded (and possibly downscaled) grid (design §1.4).
 
     Args:
       crop_feats: float[nph*npw, g*g, C], crops row-major (the base image excluded).
@@ -118,7 +118,7 @@ def anyres_grid_features(crop_feats: jax.Array, num_patches: Size, image_size: S
 
 @dataclasses.dataclass(frozen=True)
 class ImageMemory:
-    """One single image's memory and query (SPEC §1.6).
+    """One single image's memory and query (design §1.4).
 
     memory: float[g² + h*(w+1), H]: base tokens, then grid rows each followed by the newline.
     memory_positions: int32[same]: base ids, then grid ids arange(h*w) with every newline = h*w.
@@ -169,7 +169,7 @@ def build_anyres_memory(base: jax.Array, grid: jax.Array, newline: jax.Array, *,
 
 @dataclasses.dataclass(frozen=True)
 class MultiImageMemory:
-    """N images of g² tokens (SPEC §1.6, also the single-crop image with N = 1).
+    """N images of g² tokens (design §1.4, also the single-crop image with N = 1).
 
     memory: float[N*(g²+1), H], each image's tokens then the newline; memory_positions: image n's
     tokens n*g² + arange(g²), every newline N*g². query: float[N, k+1, H], each image's kept
@@ -206,7 +206,7 @@ def build_multi_image_memory(images: jax.Array, newline: jax.Array, *, keep_rati
 
 
 def query_positions(text_lengths: Sequence[int], visual_positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """RoPE ids of one sample's MemAug query (SPEC §1.4), on the host.
+    """RoPE ids of one sample's MemAug query (design §2.4), on the host.
 
     The query is text segment 0, visual block 0, text segment 1, ..., text segment n. Each text
     segment continues from the running maximum id; each visual block is its memory ids shifted

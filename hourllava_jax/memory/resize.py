@@ -1,4 +1,4 @@
-"""Bilinear resizing as torch computes it, and the repetition of short videos (SPEC §1.2, §1.6).
+"""Bilinear resizing as torch computes it, and the repetition of short videos (design §1.2, §1.4).
 
 Used on both sides of the memory stage: the model pools every frame's SigLIP grid to p x p
 (:func:`pool_frames`), the host plan builds its bilinear tap maps from :func:`bilinear_matrix`
@@ -48,7 +48,7 @@ def bilinear_resize(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
 
 
 def pool_frames(features: jax.Array, size: int) -> jax.Array:
-    """Per-frame bilinear resize (SPEC §1.2): float[T, g, g, C] or float[T, g*g, C] -> float[T, size*size, C]."""
+    """Per-frame bilinear resize (design §1.2): float[T, g, g, C] or float[T, g*g, C] -> float[T, size*size, C]."""
     if features.ndim == 3:
         g = int(round(features.shape[1] ** 0.5))
         if g * g != features.shape[1]:
@@ -71,7 +71,7 @@ def repeat_indices(num_frames: int, min_frames: int) -> np.ndarray:
 
 
 def repeat_to_min_frames(x: jax.Array, min_frames: int) -> jax.Array:
-    """float[T, ...] -> float[max(T, min_frames), ...] (SPEC §1.2)."""
+    """float[T, ...] -> float[max(T, min_frames), ...] (design §1.2)."""
     return x[repeat_indices(x.shape[0], min_frames)]
 
 

@@ -1,4 +1,4 @@
-"""Hour-LLaVA: SigLIP -> projector -> memory repository -> MemAug -> Qwen2 (SPEC §1).
+"""Hour-LLaVA: SigLIP -> projector -> memory repository -> MemAug -> Qwen2 (design §1).
 
 The jitted forward takes a batch of padded arrays (all static shapes):
 
@@ -7,7 +7,7 @@ key                shape / dtype                meaning
 =================  ===========================  ===============================================
 input_ids          int32[B, L]                  conversation tokens, ``<image>`` = image_token_id
 attention_mask     bool[B, L]                   False on right padding
-labels             int32[B, L] (training)       -100 = not supervised (SPEC §3)
+labels             int32[B, L] (training)       -100 = not supervised (design §4)
 features           float[B, U, P, C]            visual units (video frames already pooled to
                                                 P = p² tokens, or image crops), before the
                                                 projector; only read flattened (collate packs
@@ -15,9 +15,9 @@ features           float[B, U, P, C]            visual units (video frames alrea
 pixels             float[B, U, S, S, 3]         normalised video frames for the vision tower
                                                 (pooled to p² tokens each); or instead:
 image_pixels       float[B, U, S, S, 3]         normalised image units (anyres base + crops,
-                                                or one per image), not pooled (SPEC §1.2)
+                                                or one per image), not pooled (design §1.2)
 memory_src         int32[B, M]                  see :mod:`hourllava_jax.memory.layout`;
-                   or int32[B, M, 4]            with ``memory_w``: anyres images (SPEC §1.6)
+                   or int32[B, M, 4]            with ``memory_w``: anyres images (design §1.4)
 memory_w           float32[B, M, 4] (optional)  tap weights: slot = sum_t w_t·projected[src_t]
 memory_pos         int32[B, M]                  RoPE ids of the memory slots
 decayed            int32[B, K, N]               memory slots of each placeholder's decayed
@@ -25,7 +25,7 @@ decayed            int32[B, K, N]               memory slots of each placeholder
 =================  ===========================  ===============================================
 
 Text-only batches carry only the first three keys and skip the visual path (the release runs a
-dummy image through MemAug for DDP's sake; SPEC §1.6).
+dummy image through MemAug for DDP's sake; design §1.4).
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ class HourLlava(nnx.Module):
     # -- visual encoders --------------------------------------------------------------------
 
     def encode_frames(self, pixels: jax.Array) -> jax.Array:
-        """float[N, S, S, 3] -> float[N, p², C]: SigLIP features bilinear-pooled per frame (SPEC §1.2)."""
+        """float[N, S, S, 3] -> float[N, p², C]: SigLIP features bilinear-pooled per frame (design §1.2)."""
         return pool_frames(self.vision_tower(pixels), self.cfg.memory.pool_size)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
-        """float[N, S, S, 3] -> float[N, g², C]: unpooled crops (SPEC §1.2: images are not pooled)."""
+        """float[N, S, S, 3] -> float[N, g², C]: unpooled crops (design §1.2: images are not pooled)."""
         return self.vision_tower(pixels)
 
     def project(self, features: jax.Array) -> jax.Array:
@@ -91,7 +91,7 @@ class HourLlava(nnx.Module):
         """Gathers the memory repository: projected float[B, U·P, H], memory_src int32[B, M]
         -> (memory float[B, M, H], valid bool[B, M]).
 
-        With ``memory_w`` float32[B, M, T] (anyres images, SPEC §1.6), ``memory_src`` is
+        With ``memory_w`` float32[B, M, T] (anyres images, design §1.4), ``memory_src`` is
         int32[B, M, T] and a slot is ``sum_t w_t * projected[src_t]`` over taps with src_t >= 0
         (the bilinear downscale after the projector); see :func:`~hourllava_jax.memory.gather.gather_memory`.
         """
@@ -114,7 +114,7 @@ class HourLlava(nnx.Module):
         return f.reshape((b, u) + f.shape[1:])
 
     def llm_inputs(self, batch: Batch, *, video: bool = True) -> LLMInputs:
-        """Everything before the LLM: memory, query, MemAug, splice (SPEC §1.3–1.4)."""
+        """Everything before the LLM: memory, query, MemAug, splice (design §2, §2.4)."""
         cfg = self.cfg
         ids, mask = batch["input_ids"], batch["attention_mask"].astype(bool)
         labels = batch.get("labels")
@@ -146,7 +146,7 @@ class HourLlava(nnx.Module):
 
 
 def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean next-token cross-entropy over supervised tokens (SPEC §3).
+    """Mean next-token cross-entropy over supervised tokens (design §4).
 
     logits float[B, L, V] at the LLM's input positions; labels int32[B, L] (-100 ignored): the
     logit at t predicts the label at t+1. Returns (loss, number of supervised tokens).

@@ -1,4 +1,4 @@
-"""MemAug: the memory-augmentation module (SPEC §1.5; the release's ``vision_resampler``).
+"""MemAug: the memory-augmentation module (design §1.3; the release's ``vision_resampler``).
 
 ``depth`` post-norm blocks, each
 ```
@@ -32,7 +32,7 @@ from hourllava_jax.parallel.mesh import MEMORY_AXIS, batch_axes
 
 @dataclasses.dataclass(frozen=True)
 class MemAugDims:
-    """Everything MemAug needs: widths copied from the LLM (SPEC §1.5) plus the MemAug config."""
+    """Everything MemAug needs: widths copied from the LLM (design §1.3) plus the MemAug config."""
 
     hidden: int
     heads: int
@@ -66,7 +66,7 @@ class MemAugDims:
 
 
 def _linear(din: int, dout: int, axes: tuple, std: float, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Linear:
-    """Linear with bias, weights N(0, std), bias 0 (SPEC §1.5 init)."""
+    """Linear with bias, weights N(0, std), bias 0 (design §1.3 init)."""
     return nnx.Linear(din, dout, use_bias=True, dtype=dtype, param_dtype=param_dtype,
                       kernel_init=param_init(nnx.initializers.normal(std), axes),
                       bias_init=param_init(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
@@ -148,7 +148,7 @@ class MemAugMLP(nnx.Module):
 
 
 class MemAugBlock(nnx.Module):
-    """One post-norm block (SPEC §1.5)."""
+    """One post-norm block (design §1.3)."""
 
     def __init__(self, dims: MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, mesh=None):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -200,7 +200,7 @@ class MemAug(nnx.Module):
         Args:
           x: float[B, Lq, H] query (text embeddings + decayed visual tokens).
           memory: float[B, Lk, H] memory repository (raw projected tokens).
-          q_positions: int32[B, Lq]; kv_positions: int32[B, Lk] (RoPE ids, SPEC §1.4).
+          q_positions: int32[B, Lq]; kv_positions: int32[B, Lk] (RoPE ids, design §2.4).
           q_mask: bool[B, Lq], False for padded query rows; kv_mask: bool[B, Lk], False for padding.
         Returns:
           float[B, Lq, H] in the compute dtype; padded query rows are 0.

@@ -137,7 +137,7 @@ class ProfileConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InitConfig:
-    """Where a fresh run's parameters come from (SPEC §2: each stage starts from the previous one).
+    """Where a fresh run's parameters come from (design §3.1: each stage starts from the previous one).
 
     YAML ``init: {from: DIR, step: N}``. ``from`` ("" = the model's own random init) is either a
     Hugging Face directory (``hourllava-convert compose`` output, or a full Hour-LLaVA checkpoint)
@@ -222,7 +222,7 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
 
 def model_config(cfg: TrainConfig):
     """The Hour-LLaVA config (``config.HourLlavaConfig``) a train config trains: preset +
-    overrides, the stage's forgetting (SPEC §2: spatial only in stage 1), max length and dtypes."""
+    overrides, the stage's forgetting (design §3.1: spatial only in stage 1), max length and dtypes."""
     from hourllava_jax.config import load_model_config
 
     mcfg = load_model_config(cfg.model, list(cfg.model_overrides))

@@ -1,4 +1,4 @@
-"""Warm start (``init.from``, SPEC §2: each stage starts from the previous one's weights).
+"""Warm start (``init.from``, design §3.1: each stage starts from the previous one's weights).
 
 A fresh run's parameters come from a training workdir (orbax, read by
 :class:`~hourllava_jax.train.checkpoint.CheckpointParams`) or a Hugging Face directory (read by a

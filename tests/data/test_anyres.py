@@ -1,4 +1,4 @@
-"""anyres_max_9 image-side geometry (SPEC §1.6): best resolution, pinpoints, crops; golden values by hand."""
+"""anyres_max_9 image-side geometry (design §1.4): best resolution, pinpoints, crops; golden values by hand."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_extraction_indices_hand_values():
 
 
 def test_load_time_rule_over_stored_frames():
-    """What the data pipeline then takes (SPEC §2): T = min(k, int(duration)) stored rows."""
+    """What the data pipeline then takes (design §3): T = min(k, int(duration)) stored rows."""
     for n, fps in EXPECTED_K:
         k, duration = len(extraction_indices(n, fps)), n / fps
         rows = feature_indices(k, duration)

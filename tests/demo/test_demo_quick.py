@@ -119,7 +119,7 @@ def test_control_bound_counts_kept_needles() -> None:
     from hourllava_jax.demo.dataset import control_bound, kept_frames, needle_kept
 
     mem = load_model_config("tiny").memory
-    assert list(kept_frames(32, mem)) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), SPEC §1.3
+    assert list(kept_frames(32, mem)) == [0, 4, 8, 13, 17, 22, 26, 31]  # linspace(0, 31, 32 // 4), design §2
     kept = [needle_kept(32, n, mem) for n in (22, 3, 16, 9)]  # one of four needles kept
     assert kept == [True, False, False, False]
     assert control_bound(kept) == 0.25 + 0.75 / 4

@@ -1,4 +1,4 @@
-"""anyres_max_9 model-side grid, image memories and their positions (SPEC §1.6); golden values by hand.
+"""anyres_max_9 model-side grid, image memories and their positions (design §1.4); golden values by hand.
 The image-side geometry (crops, pinpoints) is tested in tests/data/test_anyres.py."""
 
 from __future__ import annotations

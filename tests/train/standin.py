@@ -70,7 +70,7 @@ class StandInModel(nnx.Module):
 
 
 def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Array):
-    """Mean token cross-entropy over labels != -100 (SPEC §3 'Loss'); ``rng`` unused here."""
+    """Mean token cross-entropy over labels != -100 (design §4.4 'Loss'); ``rng`` unused here."""
     del rng
     logits = model(batch["input_ids"], batch["features"].astype(model.image_newline[...].dtype))
     labels = batch["labels"]

@@ -37,7 +37,7 @@ def test_stage_configs_follow_spec(size, stage):
     o = cfg.optim
     assert (o.warmup_ratio, o.schedule, o.grad_clip, o.weight_decay) == (0.03, "cosine", 1.0, 0.0)
     assert cfg.forgetting == ("spatial" if stage == 1 else "spatial+temporal")
-    # Each stage starts from its predecessor (SPEC §2): the composed start, then the previous workdir.
+    # Each stage starts from its predecessor (design §3): the composed start, then the previous workdir.
     assert cfg.init.source == (f"ckpt/qwen25-{size}-s0" if stage == 1 else f"runs/{size}_stage{stage - 1}")
     cfg.data.check_sources()
     assert cfg.data.image_root  # every stage trains on image records (design §3.1 table)
