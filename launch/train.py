@@ -118,7 +118,7 @@ def build_model_and_loss(cfg: TrainConfig):
     from hourllava_jax.model.hour_llava import HourLlava, loss_fn
 
     mcfg = model_config(cfg)
-    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat != "none")), loss_fn
+    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat)), loss_fn
 
 
 def build_data(cfg: TrainConfig, process_index: int, process_count: int):

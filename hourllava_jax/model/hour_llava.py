@@ -53,9 +53,13 @@ Batch = dict[str, jax.Array]
 
 class HourLlava(nnx.Module):
     """The whole model. ``use_memaug=False`` (config) is the paper's ablation: decayed tokens go
-    straight into the LLM and no MemAug parameters exist."""
+    straight into the LLM and no MemAug parameters exist. ``remat``: one
+    :mod:`~hourllava_jax.model.remat` policy name for every layer of SigLIP, MemAug and Qwen2
+    (``True``/``False`` mean ``full``/``none``); frozen towers are not differentiated, so it
+    costs them nothing."""
 
-    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None, remat: bool = False):
+    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None,
+                 remat: str | bool = "none"):
         cfg.validate()
         self.cfg = cfg
         self.dtype = jnp.dtype(dtype or cfg.dtype)
@@ -64,11 +68,11 @@ class HourLlava(nnx.Module):
         blocks = BlockSizes.from_config(cfg.attention_block_sizes)
         h = cfg.llm.hidden_size
         self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl,
-                                               attention_blocks=blocks, rngs=rngs)
+                                               remat=remat, attention_blocks=blocks, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, h, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # LLaVA-NeXT initialises the newline as randn(H) / sqrt(H).
         self.image_newline = nnx.Param(param_init(jax.nn.initializers.normal(h**-0.5), (EMBED,))(rngs.params(), (h,), pdt))
-        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt) if cfg.use_memaug else None
+        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt, remat=remat) if cfg.use_memaug else None
         self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat,
                          attention_blocks=blocks, rngs=rngs)
 
