@@ -184,7 +184,8 @@ def run_one(name: str, overrides: tuple[str, ...], dtype: str, *, batch: int, fr
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                  grad_accum_steps=cfg.grad_accum_steps)
+                                  grad_accum_steps=cfg.grad_accum_steps,
+                                  loss_reduction=cfg.loss_reduction, loss_group_size=cfg.loss_group_size)
         t0 = time.perf_counter()
         compiled = compile_step(step_fn, mesh, ini.abstract_state, ini.shardings, spec, verbose=False)
         compile_s = time.perf_counter() - t0

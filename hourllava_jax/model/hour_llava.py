@@ -166,23 +166,32 @@ class HourLlava(nnx.Module):
         return logits, x.labels
 
 
-def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean next-token cross-entropy over supervised tokens (SPEC §3).
-
-    logits float[B, L, V] at the LLM's input positions; labels int32[B, L] (-100 ignored): the
-    logit at t predicts the label at t+1. Returns (loss, number of supervised tokens).
-    """
+def lm_loss_terms(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row next-token cross-entropy (SPEC §3): logits float[B, L, V] at the LLM's input
+    positions, labels int32[B, L] (-100 ignored; the logit at t predicts the label at t+1) ->
+    (summed cross-entropy float32[B], supervised token count float32[B])."""
     lg = logits[:, :-1].astype(jnp.float32)
     tgt = labels[:, 1:]
     valid = tgt != IGNORE
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.where(valid, tgt, 0))
-    n = valid.sum()
-    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(n, 1), n
+    return jnp.sum(jnp.where(valid, ce, 0.0), axis=-1), valid.sum(-1).astype(jnp.float32)
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean next-token cross-entropy over all supervised tokens of the batch (SPEC §3): (loss,
+    number of supervised tokens). The trainer reduces :func:`lm_loss_terms` instead, as its
+    ``loss_reduction`` says."""
+    ce, n = lm_loss_terms(logits, labels)
+    total = n.sum()
+    return ce.sum() / jnp.maximum(total, 1), total.astype(jnp.int32)
 
 
 def loss_fn(model: HourLlava, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training objective: ``(loss, {"tokens": supervised token count})``."""
+    """The training objective: ``(token-mean loss, aux)``; aux holds ``tokens`` (supervised token
+    count) and the per-row ``sample_ce`` / ``sample_tokens`` float32[B] that the trainer's
+    ``loss_reduction`` (``train/loss_reduction.py``) turns into the loss it differentiates."""
     del rng  # forgetting randomness is drawn on the host (layout); kept for the trainer's interface
     logits, labels = model(batch)
-    loss, n = lm_loss(logits, labels)
-    return loss, {"tokens": n}
+    ce, n = lm_loss_terms(logits, labels)
+    total = n.sum()
+    return ce.sum() / jnp.maximum(total, 1), {"tokens": total, "sample_ce": ce, "sample_tokens": n}

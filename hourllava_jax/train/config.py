@@ -15,6 +15,7 @@ from typing import Literal
 from hourllava_jax.config.base import ConfigError, apply_overrides, from_dict, load_yaml
 from hourllava_jax.parallel.mesh import MESH_AXES
 from hourllava_jax.parallel.rules import DEFAULT_RULES
+from hourllava_jax.train.loss_reduction import LossReduction
 
 Dtype = Literal["float32", "bfloat16"]
 # Names the model's remat helper understands (jax.checkpoint_policies or "none"/"full").
@@ -137,6 +138,10 @@ class TrainConfig:
     global_batch_size: int = 128  # sequences per optimizer step, all processes together
     grad_accum_steps: int = 1  # micro-batches per optimizer step (micro = global / accum)
     max_length: int = 32768
+    # How token losses are averaged (train/loss_reduction.py). The release's: per_sample for 3B
+    # (1 sample per device), per_device_group with loss_group_size 2 (stages 1-2) or 4 (stage 3) for 7B.
+    loss_reduction: LossReduction = "per_sample"
+    loss_group_size: int = 1  # rows per group (per_device_group only)
     num_steps: int = 1000  # optimizer steps (1 epoch of the stage's data in the paper)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log_every: int = 10
@@ -166,6 +171,10 @@ class TrainConfig:
         _require(self.global_batch_size % self.grad_accum_steps == 0,
                  f"global_batch_size {self.global_batch_size} must divide by grad_accum_steps {self.grad_accum_steps}")
         _require(self.num_steps >= 1 and self.log_every >= 1, "num_steps and log_every must be >= 1")
+        _require(self.loss_group_size >= 1, "loss_group_size must be >= 1")
+        _require(self.loss_reduction != "per_device_group" or self.micro_batch_size % self.loss_group_size == 0,
+                 f"loss_group_size {self.loss_group_size} must divide the micro-batch of {self.micro_batch_size} rows "
+                 f"(global_batch_size / grad_accum_steps) for loss_reduction=per_device_group")
         bad = sorted(set(self.mesh) - set(MESH_AXES))
         _require(not bad, f"mesh: unknown axes {bad}; valid {list(MESH_AXES)}")
         for name, axes in self.rules.items():

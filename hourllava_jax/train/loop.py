@@ -91,7 +91,8 @@ def train(
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                  grad_accum_steps=cfg.grad_accum_steps)
+                                  grad_accum_steps=cfg.grad_accum_steps,
+                                  loss_reduction=cfg.loss_reduction, loss_group_size=cfg.loss_group_size)
         # One program per batch shape: the data pipeline buckets frame counts and lengths, so a
         # run sees a handful of shapes; each is compiled ahead of time on first sight.
         programs: dict[tuple, tuple[Any, float, int]] = {}
