@@ -107,7 +107,7 @@ def synthetic_batch(mcfg, batch: int, frames: int, seed: int = 0) -> tuple[dict[
         ids[PLACEHOLDER_AT] = img
         labels = np.where(np.arange(n) >= n // 2, ids, -100).astype(np.int32)
         feats = rng.standard_normal((frames, p2, c)).astype(np.float32)
-        samples.append(Sample(ids, labels, feats, video_layout(frames, mcfg.memory)))
+        samples.append(Sample(ids, labels, feats, video_layout(frames, mcfg.memory, key=jax.random.key(seed * 1000 + i))))
     out = collate(samples, pad_id=mcfg.llm.pad_token_id or 0, image_token_id=img)
     facts = {
         "text_valid": int(sum(len(s.input_ids) for s in samples)),

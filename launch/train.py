@@ -102,13 +102,14 @@ def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Arra
 
 def model_config(cfg: TrainConfig):
     """The Hour-LLaVA config of a train config: preset + overrides, the stage's forgetting
-    (SPEC §2: spatial only in stage 1), max length and compute dtype."""
+    (SPEC §2: spatial only in stage 1) and training spatial mode, max length and compute dtype."""
     import dataclasses
 
     from hourllava_jax.config import load_model_config
 
     mcfg = load_model_config(cfg.model, list(cfg.model_overrides))
-    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal")
+    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal",
+                                 spatial_mode=cfg.spatial_mode)
     return dataclasses.replace(mcfg, memory=memory, max_length=cfg.max_length, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)
 
 
@@ -120,7 +121,7 @@ def build_model_and_loss(cfg: TrainConfig):
     from hourllava_jax.model.hour_llava import HourLlava, loss_fn
 
     mcfg = model_config(cfg)
-    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat)), loss_fn
+    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat, vision_grad_max_frames=cfg.vision_grad_max_frames)), loss_fn
 
 
 def build_data(cfg: TrainConfig, process_index: int, process_count: int):
@@ -163,6 +164,27 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
     return mix_pipelines(parts, list(d.record_weights))
 
 
+def derive_num_steps(cfg: TrainConfig, data) -> TrainConfig:
+    """``cfg`` with ``num_steps`` = the global batches of ``data.num_epochs`` passes over the
+    records (one optimizer step per global batch; the release trains one epoch per stage).
+    ``data`` is :func:`build_data`'s pipeline; a weighted mixture or synthetic data has no end,
+    so it needs ``num_steps``. Raises ConfigError."""
+    import dataclasses
+
+    plan = getattr(data, "plan", None)
+    if cfg.data.num_epochs is None or plan is None:
+        raise ConfigError("num_steps: not given, and it is derived only from data.num_epochs passes over one record "
+                          "set (not a data.record_weights mixture, not synthetic data): set num_steps")
+    steps = len(plan)
+    if steps < 1:
+        raise ConfigError(f"num_steps: {len(plan.valid)} usable records make no global batch of {cfg.global_batch_size}")
+    if jax.process_index() == 0:
+        print(f"num_steps: {steps} derived from the data ({len(plan.valid)} usable records, {cfg.data.num_epochs} "
+              f"epoch(s), global batch {cfg.global_batch_size}, {sum(plan.dropped_per_epoch)} dropped as epoch remainders)",
+              flush=True)
+    return dataclasses.replace(cfg, num_steps=steps)
+
+
 # ==================================================================================================
 # Command line
 # ==================================================================================================
@@ -194,9 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     from hourllava_jax.train.loop import train
 
+    data_factory = build_data
     try:
         cfg = load_train_config(args.config, args.overrides)
         cfg.data.check_sources()
+        if cfg.num_steps is None:  # one data pipeline, built here to count its batches, then trained on
+            data = build_data(cfg, jax.process_index(), jax.process_count())
+            cfg = derive_num_steps(cfg, data)
+            data_factory = lambda *_: data  # noqa: E731
     except ConfigError as e:  # a config mistake deserves one line, not a traceback
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -206,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         import time
 
         hook = lambda step: time.sleep(args.debug_step_sleep)  # noqa: E731
-    result = train(cfg, args.workdir, factory, loss_fn, build_data, stop_after=args.stop_after, step_hook=hook)
+    result = train(cfg, args.workdir, factory, loss_fn, data_factory, stop_after=args.stop_after, step_hook=hook)
     if jax.process_index() == 0:
         print(f"done: step {int(result.state.step)} loss {result.last_metrics.get('loss')}", flush=True)
     # 128 + SIGTERM: the run stopped early but cleanly; schedulers should requeue it.

@@ -56,12 +56,15 @@ class HourLlava(nnx.Module):
     straight into the LLM and no MemAug parameters exist. ``remat``: one
     :mod:`~hourllava_jax.model.remat` policy name for every layer of SigLIP, MemAug and Qwen2
     (``True``/``False`` mean ``full``/``none``); frozen towers are not differentiated, so it
-    costs them nothing."""
+    costs them nothing. ``vision_grad_max_frames`` > 0: a sample whose video has more frames
+    than this gets no gradient through the vision tower (the release encodes such videos under
+    ``torch.no_grad``, ``encode_images_offload``); 0 trains through every frame."""
 
     def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None,
-                 remat: str | bool = "none"):
+                 remat: str | bool = "none", vision_grad_max_frames: int = 0):
         cfg.validate()
         self.cfg = cfg
+        self.vision_grad_max_frames = int(vision_grad_max_frames)
         self.dtype = jnp.dtype(dtype or cfg.dtype)
         pdt = jnp.dtype(param_dtype or cfg.param_dtype)
         impl = cfg.attention_impl
@@ -128,7 +131,14 @@ class HourLlava(nnx.Module):
         b, u = px.shape[:2]
         enc = self.encode_frames if video else self.encode_images
         f = enc(px.reshape((b * u,) + px.shape[2:]))
-        return f.reshape((b, u) + f.shape[1:])
+        f = f.reshape((b, u) + f.shape[1:])
+        limit = self.vision_grad_max_frames
+        if limit and u > limit and "memory_src" in batch:  # u <= limit: no sample can be over it
+            # A sample's unit count from its memory map: memory_src indexes unit * P + token.
+            top = jnp.max(batch["memory_src"].reshape(b, -1), axis=1)
+            units = jnp.where(top >= 0, top // f.shape[2] + 1, 0)
+            f = jnp.where((units > limit)[:, None, None, None], jax.lax.stop_gradient(f), f)
+        return f
 
     def llm_inputs(self, batch: Batch, *, video: bool = True) -> LLMInputs:
         """Everything before the LLM: memory, query, MemAug, splice (SPEC §1.3–1.4)."""

@@ -117,8 +117,8 @@ def train(
 
         # ---------------------------------------------------------------- iterate
         start = int(jax.device_get(state.step))
-        end = cfg.num_steps if stop_after is None else min(cfg.num_steps, start + stop_after)
-        logger = MetricsLogger(workdir, total_steps=cfg.num_steps, start_step=start, tensorboard=cfg.tensorboard,
+        end = cfg.total_steps if stop_after is None else min(cfg.total_steps, start + stop_after)
+        logger = MetricsLogger(workdir, total_steps=cfg.total_steps, start_step=start, tensorboard=cfg.tensorboard,
                                wandb_project=cfg.wandb_project, config=to_dict(cfg))
         guard = PreemptionGuard().install()
         prof = cfg.profile
