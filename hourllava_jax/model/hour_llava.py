@@ -130,15 +130,23 @@ class HourLlava(nnx.Module):
             px = batch["pixels"]
         b, u = px.shape[:2]
         enc = self.encode_frames if video else self.encode_images
-        f = enc(px.reshape((b * u,) + px.shape[2:]))
-        f = f.reshape((b, u) + f.shape[1:])
+
+        def run(x):  # float[B, n, S, S, 3] -> float[B, n, P, C]
+            f = enc(x.reshape((b * x.shape[1],) + x.shape[2:]))
+            return f.reshape((b, x.shape[1]) + f.shape[1:])
+
         limit = self.vision_grad_max_frames
-        if limit and u > limit and "memory_src" in batch:  # u <= limit: no sample can be over it
-            # A sample's unit count from its memory map: memory_src indexes unit * P + token.
-            top = jnp.max(batch["memory_src"].reshape(b, -1), axis=1)
-            units = jnp.where(top >= 0, top // f.shape[2] + 1, 0)
-            f = jnp.where((units > limit)[:, None, None, None], jax.lax.stop_gradient(f), f)
-        return f
+        if not limit or u <= limit:  # nobody can be over the limit
+            return run(px)
+        # A sample over the limit gets no tower gradient (the release's encode_images_offload).
+        # Units from `limit` on are real only for such samples, so they are encoded without
+        # gradient for everyone: the backward pass (and its saved activations) covers `limit`
+        # units per sample, not u. Within the first `limit` units, a per-sample select.
+        head, tail = run(px[:, :limit]), jax.lax.stop_gradient(run(px[:, limit:]))
+        top = jnp.max(batch["memory_src"].reshape(b, -1), axis=1)  # memory_src = unit * P + token
+        units = jnp.where(top >= 0, top // head.shape[2] + 1, 0)
+        head = jnp.where((units > limit)[:, None, None, None], jax.lax.stop_gradient(head), head)
+        return jnp.concatenate([head, tail], axis=1)
 
     def llm_inputs(self, batch: Batch, *, video: bool = True) -> LLMInputs:
         """Everything before the LLM: memory, query, MemAug, splice (SPEC §1.3–1.4)."""

@@ -53,10 +53,10 @@ def test_long_samples_stop_the_tower_gradient_per_sample():
     assert any(float(jnp.abs(x).max()) > 0 for x in tower(long_off))  # 0: train through all frames
     # The rest of the model still learns from the long sample, identically.
     for a, b in zip(jax.tree.leaves(long_on["llm"]), jax.tree.leaves(long_off["llm"]), strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     short_on, short_off = _tower_grads(2, batch, 1), _tower_grads(0, batch, 1)
     for a, b in zip(tower(short_on), tower(short_off), strict=True):
-        np.testing.assert_array_equal(a, b)  # the short sample trains the tower as before
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # the short sample trains the tower as before
     assert any(float(jnp.abs(x).max()) > 0 for x in tower(short_on))
 
 
