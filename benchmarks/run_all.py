@@ -32,6 +32,7 @@ SCRIPTS: dict[str, list[str]] = {
     "decode": ["--minutes", "3"],  # >= 128 s so the 1-FPS stride rule applies
     "pipeline": ["--videos", "12"],
     "eval_throughput": ["--quick"],
+    "vision_grad_memory": ["--set", "model_overrides=[llm.num_hidden_layers=2,vision.num_hidden_layers=4]", "--frames", "256"],
 }
 
 
