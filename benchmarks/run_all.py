@@ -33,6 +33,7 @@ SCRIPTS: dict[str, list[str]] = {
     "pipeline": ["--videos", "12"],
     "eval_throughput": ["--quick"],
     "init_memory": ["--scale", "16"],
+    "vision_grad_memory": ["--set", "model_overrides=[llm.num_hidden_layers=2,vision.num_hidden_layers=4]", "--frames", "256"],
 }
 
 

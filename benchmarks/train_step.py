@@ -107,7 +107,7 @@ def synthetic_batch(mcfg, batch: int, frames: int, seed: int = 0) -> tuple[dict[
         ids[PLACEHOLDER_AT] = img
         labels = np.where(np.arange(n) >= n // 2, ids, -100).astype(np.int32)
         feats = rng.standard_normal((frames, p2, c)).astype(np.float32)
-        samples.append(Sample(ids, labels, feats, video_layout(frames, mcfg.memory)))
+        samples.append(Sample(ids, labels, feats, video_layout(frames, mcfg.memory, key=jax.random.key(seed * 1000 + i))))
     out = collate(samples, pad_id=mcfg.llm.pad_token_id or 0, image_token_id=img)
     facts = {
         "text_valid": int(sum(len(s.input_ids) for s in samples)),
@@ -184,7 +184,8 @@ def run_one(name: str, overrides: tuple[str, ...], dtype: str, *, batch: int, fr
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                  grad_accum_steps=cfg.grad_accum_steps)
+                                  grad_accum_steps=cfg.grad_accum_steps,
+                                  loss_reduction=cfg.loss_reduction, loss_group_size=cfg.loss_group_size)
         t0 = time.perf_counter()
         compiled = compile_step(step_fn, mesh, ini.abstract_state, ini.shardings, spec, verbose=False)
         compile_s = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def build_model_and_loss(cfg: TrainConfig) -> tuple[ModelFactory, LossFn]:
     from hourllava_jax.model.hour_llava import HourLlava, loss_fn
 
     mcfg = model_config(cfg)
-    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat != "none")), loss_fn
+    return (lambda rngs: HourLlava(mcfg, rngs=rngs, remat=cfg.remat, vision_grad_max_frames=cfg.vision_grad_max_frames)), loss_fn
 
 
 def build_data(cfg: TrainConfig, process_index: int, process_count: int):
@@ -97,6 +97,25 @@ def load_hf_params(source: str, targets: Targets, dtype: str) -> LoadedParams:
     return LoadedParams(params, tuple(unused), f"Hugging Face directory {source}")
 
 
+def derive_num_steps(cfg: TrainConfig, data) -> TrainConfig:
+    """``cfg`` with ``num_steps`` = the global batches of ``data.num_epochs`` passes over the
+    records (one optimizer step per global batch; the release trains one epoch per stage).
+    ``data`` is :func:`build_data`'s pipeline; a weighted mixture or synthetic data has no end,
+    so it needs ``num_steps``. Raises ConfigError."""
+    plan = getattr(data, "plan", None)
+    if cfg.data.num_epochs is None or plan is None:
+        raise ConfigError("num_steps: not given, and it is derived only from data.num_epochs passes over one record "
+                          "set (not a data.record_weights mixture, not synthetic data): set num_steps")
+    steps = len(plan)
+    if steps < 1:
+        raise ConfigError(f"num_steps: {len(plan.valid)} usable records make no global batch of {cfg.global_batch_size}")
+    if jax.process_index() == 0:
+        print(f"num_steps: {steps} derived from the data ({len(plan.valid)} usable records, {cfg.data.num_epochs} "
+              f"epoch(s), global batch {cfg.global_batch_size}, {sum(plan.dropped_per_epoch)} dropped as epoch remainders)",
+              flush=True)
+    return dataclasses.replace(cfg, num_steps=steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class Builders:
     """The model-specific part of a run, injected into ``train/loop.py``."""
@@ -138,8 +157,13 @@ def run_training(
 
     cfg = resolve_config(config, overrides)
     b = builders or Builders()
+    data_factory = b.data
+    if cfg.num_steps is None:  # one data pipeline, built here to count its batches, then trained on
+        data = b.data(cfg, jax.process_index(), jax.process_count())
+        cfg = derive_num_steps(cfg, data)
+        data_factory = lambda *_: data  # noqa: E731
     factory, loss_fn = b.model_and_loss(cfg)
-    result = train(cfg, workdir, factory, loss_fn, b.data, mesh=mesh, stop_after=stop_after, step_hook=step_hook,
+    result = train(cfg, workdir, factory, loss_fn, data_factory, mesh=mesh, stop_after=stop_after, step_hook=step_hook,
                    hf_params=b.hf_params)
     if cfg.export_hf and not result.preempted and int(jax.device_get(result.state.step)) >= cfg.num_steps:
         from hourllava_jax.cli.export import export_workdir

@@ -170,5 +170,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+
+
+def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key (recursively), anything else
+    (scalars, lists) in ``over`` replaces the base value."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Reads a YAML mapping whose optional ``base: <file>`` key names the config it extends
+    (relative to this file's folder); the file's keys override the base's (:func:`merge_dicts`),
+    any number of levels deep. A cycle is a ConfigError naming the chain."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: 'base' cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
+    data = load_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return merge_dicts(load_yaml_with_bases(path.parent / base, (*_chain, path)), data)
+
+
 def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

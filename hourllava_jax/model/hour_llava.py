@@ -54,22 +54,29 @@ Batch = dict[str, jax.Array]
 
 class HourLlava(nnx.Module):
     """The whole model. ``use_memaug=False`` (config) is the paper's ablation: decayed tokens go
-    straight into the LLM and no MemAug parameters exist."""
+    straight into the LLM and no MemAug parameters exist. ``remat``: one
+    :mod:`~hourllava_jax.model.remat` policy name for every layer of SigLIP, MemAug and Qwen2
+    (``True``/``False`` mean ``full``/``none``); frozen towers are not differentiated, so it
+    costs them nothing. ``vision_grad_max_frames`` > 0: a sample whose video has more frames
+    than this gets no gradient through the vision tower (the release encodes such videos under
+    ``torch.no_grad``, ``encode_images_offload``); 0 trains through every frame."""
 
-    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None, remat: bool = False):
+    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None,
+                 remat: str | bool = "none", vision_grad_max_frames: int = 0):
         cfg.validate()
         self.cfg = cfg
+        self.vision_grad_max_frames = int(vision_grad_max_frames)
         self.dtype = jnp.dtype(dtype or cfg.dtype)
         pdt = jnp.dtype(param_dtype or cfg.param_dtype)
         impl = cfg.attention_impl
         blocks = BlockSizes.from_config(cfg.attention_block_sizes)
         h = cfg.llm.hidden_size
         self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl,
-                                               attention_blocks=blocks, rngs=rngs)
+                                               remat=remat, attention_blocks=blocks, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, h, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # LLaVA-NeXT initialises the newline as randn(H) / sqrt(H).
         self.image_newline = nnx.Param(param_init(jax.nn.initializers.normal(h**-0.5), (EMBED,))(rngs.params(), (h,), pdt))
-        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt) if cfg.use_memaug else None
+        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt, remat=remat) if cfg.use_memaug else None
         self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat,
                          attention_blocks=blocks, rngs=rngs)
 
@@ -110,8 +117,23 @@ class HourLlava(nnx.Module):
             px = batch["pixels"]
         b, u = px.shape[:2]
         enc = self.encode_frames if video else self.encode_images
-        f = enc(px.reshape((b * u,) + px.shape[2:]))
-        return f.reshape((b, u) + f.shape[1:])
+
+        def run(x):  # float[B, n, S, S, 3] -> float[B, n, P, C]
+            f = enc(x.reshape((b * x.shape[1],) + x.shape[2:]))
+            return f.reshape((b, x.shape[1]) + f.shape[1:])
+
+        limit = self.vision_grad_max_frames
+        if not limit or u <= limit:  # nobody can be over the limit
+            return run(px)
+        # A sample over the limit gets no tower gradient (the release's encode_images_offload).
+        # Units from `limit` on are real only for such samples, so they are encoded without
+        # gradient for everyone: the backward pass (and its saved activations) covers `limit`
+        # units per sample, not u. Within the first `limit` units, a per-sample select.
+        head, tail = run(px[:, :limit]), jax.lax.stop_gradient(run(px[:, limit:]))
+        top = jnp.max(batch["memory_src"].reshape(b, -1), axis=1)  # memory_src = unit * P + token
+        units = jnp.where(top >= 0, top // head.shape[2] + 1, 0)
+        head = jnp.where((units > limit)[:, None, None, None], jax.lax.stop_gradient(head), head)
+        return jnp.concatenate([head, tail], axis=1)
 
     def llm_inputs(self, batch: Batch, *, video: bool = True) -> LLMInputs:
         """Everything before the LLM: memory, query, MemAug, splice (design §2, §2.4)."""
@@ -145,23 +167,32 @@ class HourLlava(nnx.Module):
         return logits, x.labels
 
 
-def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean next-token cross-entropy over supervised tokens (design §4).
-
-    logits float[B, L, V] at the LLM's input positions; labels int32[B, L] (-100 ignored): the
-    logit at t predicts the label at t+1. Returns (loss, number of supervised tokens).
-    """
+def lm_loss_terms(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row next-token cross-entropy (design §4): logits float[B, L, V] at the LLM's input
+    positions, labels int32[B, L] (-100 ignored; the logit at t predicts the label at t+1) ->
+    (summed cross-entropy float32[B], supervised token count float32[B])."""
     lg = logits[:, :-1].astype(jnp.float32)
     tgt = labels[:, 1:]
     valid = tgt != IGNORE_INDEX
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.where(valid, tgt, 0))
-    n = valid.sum()
-    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(n, 1), n
+    return jnp.sum(jnp.where(valid, ce, 0.0), axis=-1), valid.sum(-1).astype(jnp.float32)
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean next-token cross-entropy over all supervised tokens of the batch (design §4): (loss,
+    number of supervised tokens). The trainer reduces :func:`lm_loss_terms` instead, as its
+    ``loss_reduction`` says."""
+    ce, n = lm_loss_terms(logits, labels)
+    total = n.sum()
+    return ce.sum() / jnp.maximum(total, 1), total.astype(jnp.int32)
 
 
 def loss_fn(model: HourLlava, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training objective: ``(loss, {"tokens": supervised token count})``."""
+    """The training objective: ``(token-mean loss, aux)``; aux holds ``tokens`` (supervised token
+    count) and the per-row ``sample_ce`` / ``sample_tokens`` float32[B] that the trainer's
+    ``loss_reduction`` (``train/loss_reduction.py``) turns into the loss it differentiates."""
     del rng  # forgetting randomness is drawn on the host (layout); kept for the trainer's interface
     logits, labels = model(batch)
-    loss, n = lm_loss(logits, labels)
-    return loss, {"tokens": n}
+    ce, n = lm_loss_terms(logits, labels)
+    total = n.sum()
+    return ce.sum() / jnp.maximum(total, 1), {"tokens": total, "sample_ce": ce, "sample_tokens": n}

@@ -25,6 +25,7 @@ from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig, MemAugConfig
 from hourllava_jax.kernels import BlockSizes, attention
+from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, param_init
 from hourllava_jax.parallel.mesh import MEMORY_AXIS, batch_axes
@@ -175,9 +176,11 @@ class MemAug(nnx.Module):
       param_dtype: parameter dtype (default: ``cfg.param_dtype``, else float32).
       mesh: optional; if it has a ``memory`` axis of size > 1 the cross-attention runs
         memory-parallel (``kernels.attention(mesh=...)``: K/V split along the memory tokens).
+      remat: a :mod:`~hourllava_jax.model.remat` policy name applied to each block in training.
     """
 
-    def __init__(self, cfg: HourLlavaConfig | MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=None, mesh=None):
+    def __init__(self, cfg: HourLlavaConfig | MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=None, mesh=None,
+                 remat: str | bool = "none"):
         if isinstance(cfg, HourLlavaConfig):
             dims = MemAugDims.from_config(cfg)
             dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
@@ -190,6 +193,7 @@ class MemAug(nnx.Module):
         self.dims = dims
         self.dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
         param_dtype = jnp.float32 if param_dtype is None else param_dtype
+        self.remat = normalize_remat(remat)
         self.layers = nnx.List([MemAugBlock(dims, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype, mesh=mesh)
                                 for _ in range(dims.memaug.depth)])
 
@@ -222,7 +226,7 @@ class MemAug(nnx.Module):
         rope_q = rope_cos_sin(q_positions, r, theta, self.dtype)
         rope_k = rope_cos_sin(kv_positions, r, theta, self.dtype)
         for layer in self.layers:
-            x = layer(x, memory, rope_q, rope_k, q_mask, kv_mask)
+            x = remat_call(self.remat, layer, lambda m, *a: m(*a), x, memory, rope_q, rope_k, q_mask, kv_mask)
         if q_mask is not None:
             x = jnp.where(q_mask[..., None], x, 0)
         return x

@@ -15,6 +15,7 @@ from flax import nnx
 from hourllava_jax.config.model import LLMConfig
 from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.kv_cache import KVCache
+from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, VOCAB, param_init
 
@@ -102,23 +103,24 @@ class Qwen2DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def _remat_layer(layer, x, cos, sin, kv_mask):
-    # Training path only (no cache): recompute the layer in the backward pass.
+def _layer_hidden(layer, x, cos, sin, kv_mask):
+    # Training path only (no cache): the layer's hidden output.
     return layer(x, cos, sin, kv_mask)[0]
 
 
 class Qwen2(nnx.Module):
     """Qwen2ForCausalLM. dtype: activations/compute; param_dtype: stored parameters.
 
-    remat: recompute each decoder layer in the backward pass (design §3.1: gradient checkpointing).
+    remat: a :mod:`~hourllava_jax.model.remat` policy name for each decoder layer in training
+      (design §3.1: gradient checkpointing); ``True``/``False`` mean ``full``/``none``.
     """
 
-    def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: bool = False,
+    def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: str | bool = "none",
                  attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg
         self.dtype = dtype
-        self.remat = remat
+        self.remat = normalize_remat(remat)
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                       embedding_init=param_init(_W_INIT, (VOCAB, EMBED)), rngs=rngs)  # fmt: skip
         kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
@@ -172,10 +174,7 @@ class Qwen2(nnx.Module):
         if cache is None:
             kv_mask = None if attention_mask is None else attention_mask.astype(bool)
             for layer in self.layers:
-                if self.remat:
-                    x = nnx.remat(_remat_layer)(layer, x, cos, sin, kv_mask)
-                else:
-                    x = layer(x, cos, sin, kv_mask)[0]
+                x = remat_call(self.remat, layer, _layer_hidden, x, cos, sin, kv_mask)
             return self.norm(x)
 
         if b != cache.mask.shape[0]:

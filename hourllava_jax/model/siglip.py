@@ -18,6 +18,7 @@ from flax import nnx
 
 from hourllava_jax.config.model import VisionConfig
 from hourllava_jax.kernels import BlockSizes, attention
+from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.parallel.axes import CONV, EMBED, HEADS, MLP, NORM, param_init
 
 Dtype = Any
@@ -137,22 +138,16 @@ class SiglipEncoderLayer(nnx.Module):
 class SiglipEncoder(nnx.Module):
     """``cfg.num_hidden_layers`` encoder layers; ``__call__`` runs the first ``num_layers``."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, remat: bool,
+    def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, remat: str | bool,
                  attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
         self.layers = nnx.List([SiglipEncoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
-        self.remat = remat
+        self.remat = normalize_remat(remat)
 
     def __call__(self, x: jax.Array, num_layers: int) -> jax.Array:
         """x float[N, L, D] -> float[N, L, D] after layers[:num_layers]."""
         for layer in self.layers[:num_layers]:
-            if self.remat:
-                # Plain jax.checkpoint over the layer's state (no nested NNX transform, design §7.1):
-                # activations inside the layer are recomputed in the backward pass.
-                graphdef, state = nnx.split(layer)
-                x = jax.checkpoint(lambda s, h, g=graphdef: nnx.merge(g, s)(h))(state, x)
-            else:
-                x = layer(x)
+            x = remat_call(self.remat, layer, lambda m, h: m(h), x)
         return x
 
 
@@ -202,7 +197,8 @@ class SiglipVisionTower(nnx.Module):
 
     For so400m-patch14-384 as the release uses it (26 held layers, feature_layer -1, or the full
     27-layer model with feature_layer -2): float[N, 384, 384, 3] -> float[N, 729, 1152].
-    ``remat`` recomputes each layer's activations in the backward pass (stage 2 trains SigLIP).
+    ``remat``: a :mod:`~hourllava_jax.model.remat` policy name per layer (stage 2 trains SigLIP);
+    ``True``/``False`` mean ``full``/``none``.
     """
 
     def __init__(
@@ -212,7 +208,7 @@ class SiglipVisionTower(nnx.Module):
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         attention_impl: str = "auto",
-        remat: bool = False,
+        remat: str | bool = "none",
         attention_blocks: BlockSizes | None = None,
         rngs: nnx.Rngs,
     ):

@@ -12,9 +12,10 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from hourllava_jax.config.base import ALIAS, ConfigError, apply_overrides, from_dict, load_yaml
+from hourllava_jax.config.base import ALIAS, ConfigError, apply_overrides, from_dict, load_yaml_with_bases
 from hourllava_jax.parallel.mesh import MESH_AXES
 from hourllava_jax.parallel.rules import DEFAULT_RULES
+from hourllava_jax.train.loss_reduction import LossReduction
 
 Dtype = Literal["float32", "bfloat16"]
 # Names the model's remat helper understands (jax.checkpoint_policies or "none"/"full").
@@ -161,12 +162,26 @@ class TrainConfig:
     model_overrides: tuple[str, ...] = ()
     # design §3.1: stage 1 uses spatial forgetting only; stages 2-3 spatial + temporal.
     forgetting: Literal["spatial", "spatial+temporal"] = "spatial+temporal"
+    # Spatial forgetting while training: the release passes --spatial_sampling_type random in every
+    # stage (a fresh ceil(25%) subset per frame / image grid, design §2). The draw is keyed by
+    # (data.seed, epoch, record index), so resume, host count and batching never change it.
+    # Inference keeps the model preset's deterministic `uniform`.
+    spatial_mode: Literal["random", "uniform"] = "random"
+    # A sample with more frames than this gets no gradient through the vision tower, as the
+    # release's encode_images_offload (no_grad beyond 128 frames); 0 trains through all frames.
+    vision_grad_max_frames: int = 128
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     global_batch_size: int = 128  # sequences per optimizer step, all processes together
     grad_accum_steps: int = 1  # micro-batches per optimizer step (micro = global / accum)
     max_length: int = 32768
-    num_steps: int = 1000  # optimizer steps (1 epoch of the stage's data in the paper)
+    # How token losses are averaged (train/loss_reduction.py). The release's: per_sample for 3B
+    # (1 sample per device), per_device_group with loss_group_size 2 (stages 1-2) or 4 (stage 3) for 7B.
+    loss_reduction: LossReduction = "per_sample"
+    loss_group_size: int = 1  # rows per group (per_device_group only)
+    # Optimizer steps. None: derived by the launcher from the data (data.num_epochs passes over the
+    # records, one step per global batch) and logged; the release trains 1 epoch per stage.
+    num_steps: int | None = None
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log_every: int = 10
     remat: RematPolicy = "full"  # gradient checkpointing (design §3.1); the model reads the name
@@ -192,14 +207,26 @@ class TrainConfig:
     @property
     def warmup_steps(self) -> int:
         # HF Trainer: ceil(num_training_steps * warmup_ratio).
-        return math.ceil(self.num_steps * self.optim.warmup_ratio)
+        return math.ceil(self.total_steps * self.optim.warmup_ratio)
+
+    @property
+    def total_steps(self) -> int:
+        """``num_steps``, which must be known (given, or derived from the data by the launcher)."""
+        _require(self.num_steps is not None, "num_steps: not set; give it, or let the launcher derive it from "
+                 "data.num_epochs passes over the records")
+        return int(self.num_steps)
 
     def validate(self) -> None:
         _require(self.stage in (1, 2, 3), f"stage must be 1, 2 or 3, got {self.stage}")
         _require(self.global_batch_size >= 1 and self.grad_accum_steps >= 1, "batch sizes must be >= 1")
         _require(self.global_batch_size % self.grad_accum_steps == 0,
                  f"global_batch_size {self.global_batch_size} must divide by grad_accum_steps {self.grad_accum_steps}")
-        _require(self.num_steps >= 1 and self.log_every >= 1, "num_steps and log_every must be >= 1")
+        _require((self.num_steps is None or self.num_steps >= 1) and self.log_every >= 1, "num_steps and log_every must be >= 1")
+        _require(self.loss_group_size >= 1, "loss_group_size must be >= 1")
+        _require(self.vision_grad_max_frames >= 0, "vision_grad_max_frames must be >= 0 (0: train through all frames)")
+        _require(self.loss_reduction != "per_device_group" or self.micro_batch_size % self.loss_group_size == 0,
+                 f"loss_group_size {self.loss_group_size} must divide the micro-batch of {self.micro_batch_size} rows "
+                 f"(global_batch_size / grad_accum_steps) for loss_reduction=per_device_group")
         bad = sorted(set(self.mesh) - set(MESH_AXES))
         _require(not bad, f"mesh: unknown axes {bad}; valid {list(MESH_AXES)}")
         for name, axes in self.rules.items():
@@ -210,21 +237,24 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Reads a train YAML (``configs/train/*.yaml`` or a path) and applies ``key=value`` overrides."""
+    """Reads a train YAML (``configs/train/*.yaml`` or a path; a ``base:`` key names the file it
+    extends, see ``config.base.load_yaml_with_bases``) and applies ``key=value`` overrides."""
     p = Path(path)
     if not p.is_file():
         from hourllava_jax.config import resolve_config_path
 
         p = resolve_config_path(str(path), "train")
-    cfg = from_dict(TrainConfig, load_yaml(p), where=str(p))
+    cfg = from_dict(TrainConfig, load_yaml_with_bases(p), where=str(p))
     return apply_overrides(cfg, overrides)
 
 
 def model_config(cfg: TrainConfig):
     """The Hour-LLaVA config (``config.HourLlavaConfig``) a train config trains: preset +
-    overrides, the stage's forgetting (design §3.1: spatial only in stage 1), max length and dtypes."""
+    overrides, the stage's forgetting (design §3.1: spatial only in stage 1) and training spatial
+    mode, max length and dtypes."""
     from hourllava_jax.config import load_model_config
 
     mcfg = load_model_config(cfg.model, list(cfg.model_overrides))
-    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal")
+    memory = dataclasses.replace(mcfg.memory, temporal_forgetting=cfg.forgetting == "spatial+temporal",
+                                 spatial_mode=cfg.spatial_mode)
     return dataclasses.replace(mcfg, memory=memory, max_length=cfg.max_length, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)

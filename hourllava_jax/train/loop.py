@@ -103,7 +103,8 @@ def train(
         rest = materialise_rest(ini.parts, factory, mesh, cfg.seed)
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step_fn = make_train_step(ini.parts, rest, ini.tx, loss_fn, mask, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                  grad_accum_steps=cfg.grad_accum_steps)
+                                  grad_accum_steps=cfg.grad_accum_steps,
+                                  loss_reduction=cfg.loss_reduction, loss_group_size=cfg.loss_group_size)
         # One program per batch shape: the data pipeline buckets frame counts and lengths, so a
         # run sees a handful of shapes; each is compiled ahead of time on first sight.
         programs: dict[tuple, tuple[Any, float, int]] = {}
@@ -128,8 +129,8 @@ def train(
 
         # ---------------------------------------------------------------- iterate
         start = int(jax.device_get(state.step))
-        end = cfg.num_steps if stop_after is None else min(cfg.num_steps, start + stop_after)
-        logger = MetricsLogger(workdir, total_steps=cfg.num_steps, start_step=start, tensorboard=cfg.tensorboard,
+        end = cfg.total_steps if stop_after is None else min(cfg.total_steps, start + stop_after)
+        logger = MetricsLogger(workdir, total_steps=cfg.total_steps, start_step=start, tensorboard=cfg.tensorboard,
                                wandb_project=cfg.wandb_project, config=to_dict(cfg))
         guard = PreemptionGuard().install()
         prof = cfg.profile

@@ -75,7 +75,7 @@ def make_optimizer(cfg: TrainConfig, params: PyTree) -> optax.GradientTransforma
     transforms: dict[str, optax.GradientTransformation] = {}
     for name, m in o.modules.items():
         if m.trainable:
-            sched = lr_schedule(m.lr, cfg.num_steps, cfg.warmup_steps, o.schedule)
+            sched = lr_schedule(m.lr, cfg.total_steps, cfg.warmup_steps, o.schedule)
             transforms[name] = optax.inject_hyperparams(optax.adamw)(
                 learning_rate=sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay
             )

@@ -6,6 +6,12 @@ merged with the graph (``nnx.merge``), the loss is differentiated w.r.t. the fp3
 cast's transpose brings the grads back to fp32), frozen modules sit behind ``stop_gradient``
 (their backward pass is never computed) and keep their exact bits, and a non-finite loss or grad
 norm drops the whole update and increments ``skipped``. The state is donated.
+
+The loss is reduced as ``loss_reduction`` says (``train/loss_reduction.py``) from the per-row
+terms a ``loss_fn`` returns in its aux dict (``sample_ce``, ``sample_tokens``): each micro-batch
+contributes a numerator and a count, and the step divides their sums once, so accumulation and
+the mesh never change the result. A ``loss_fn`` without those keys is taken as a mean already:
+its micro-batch losses are averaged.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hourllava_jax.parallel.mesh import batch_axes
+from hourllava_jax.train.loss_reduction import SAMPLE_CE, SAMPLE_TOKENS, reduce_terms
 from hourllava_jax.train.optimizer import current_lrs
 from hourllava_jax.train.state import ModelParts, TrainState
 
@@ -53,6 +60,8 @@ def make_train_step(
     *,
     compute_dtype: Any = jnp.bfloat16,
     grad_accum_steps: int = 1,
+    loss_reduction: str = "per_token",
+    loss_group_size: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted; see :func:`compile_step`).
 
@@ -67,27 +76,35 @@ def make_train_step(
         state = nnx.State(_to_compute(params, compute_dtype))
         model = nnx.merge(parts.graphdef, state, rest)
         loss, aux = loss_fn(model, batch, rng)
-        return loss.astype(jnp.float32), aux
+        aux = dict(aux)
+        if SAMPLE_CE in aux:
+            num, den = reduce_terms(aux.pop(SAMPLE_CE), aux.pop(SAMPLE_TOKENS), loss_reduction, loss_group_size)
+        else:
+            num, den = loss.astype(jnp.float32), jnp.ones((), jnp.float32)
+        return num, (den, aux)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
         if grad_accum_steps == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, rng)
+            (num, (den, aux)), grads = grad_fn(state.params, batch, rng)
         else:
             micro = _split_micro(batch, grad_accum_steps)
 
             def body(carry, xs):
                 i, mb = xs
-                (l, a), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (l, a, g)), None
+                out, g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (out, g)), None
 
-            (l0, a0), g0 = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
-            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-            # Mean of micro-batch means (as HF/DeepSpeed accumulation does).
-            loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, aux, grads))
+            shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            ((num, (den, aux)), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+            aux = jax.tree.map(lambda x: x / grad_accum_steps, aux)  # aux metrics: mean of micro-batches
+        # One division for the whole step (see the module docstring).
+        den = jnp.maximum(den, 1.0)
+        loss = num / den
+        grads = jax.tree.map(lambda g: g / den.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)

@@ -70,14 +70,16 @@ class StandInModel(nnx.Module):
 
 
 def standin_loss(model: StandInModel, batch: dict[str, jax.Array], rng: jax.Array):
-    """Mean token cross-entropy over labels != -100 (design §4.4 'Loss'); ``rng`` unused here."""
+    """Mean token cross-entropy over labels != -100 (design §4.4 'Loss') plus the per-row terms the
+    trainer's ``loss_reduction`` reduces; ``rng`` unused here."""
     del rng
     logits = model(batch["input_ids"], batch["features"].astype(model.image_newline[...].dtype))
     labels = batch["labels"]
     mask = labels != -100
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
+    row_ce, row_n = (ce * mask).sum(-1), mask.sum(-1).astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1)
-    return (ce * mask).sum() / n, {"tokens": mask.sum().astype(jnp.float32)}
+    return row_ce.sum() / n, {"tokens": row_n.sum(), "sample_ce": row_ce, "sample_tokens": row_n}
 
 
 def build_model_and_loss(cfg: TrainConfig):

@@ -19,11 +19,12 @@ def _batches(cfg, n_batches: int, rng: np.random.Generator) -> list[dict[str, np
     for _ in range(n_batches):
         samples = []
         for _ in range(cfg.global_batch_size):
+            key = jax.random.key(int(rng.integers(1 << 30)))  # training's random spatial forgetting
             t, length = int(rng.integers(12, 17)), int(rng.integers(24, 40))
             ids = rng.integers(3, mcfg.llm.vocab_size, length).astype(np.int32)
             ids[4] = mcfg.image_token_id
             labels = np.where(np.arange(length) > length // 2, ids, -100).astype(np.int32)
-            samples.append(Sample(ids, labels, rng.standard_normal((t, p2, c)).astype(np.float32), video_layout(t, mcfg.memory)))
+            samples.append(Sample(ids, labels, rng.standard_normal((t, p2, c)).astype(np.float32), video_layout(t, mcfg.memory, key=key)))
         out.append(collate(samples, image_token_id=mcfg.image_token_id))
     return out
 

@@ -82,3 +82,82 @@ def test_images_and_a_weighted_mixture_train(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "image_pixels" in out and "memory_w" in out  # the anyres program was compiled
     assert out.count("compiled train step #") >= 2  # video and image batches: their own programs
+
+
+def test_sigkill_resume_is_bitwise_exact_with_random_spatial_forgetting(data, tmp_path):
+    """SIGKILL part-way and restart == the uninterrupted run, bit for bit, with the training
+    default of random spatial forgetting (keyed by seed, epoch and record, issue 13)."""
+    import signal
+    import time
+
+    import jax
+    import numpy as np
+    from train_harness import host_tree, subprocess_env
+
+    from hourllava_jax.parallel.mesh import make_mesh
+    from hourllava_jax.train.checkpoint import Checkpointer
+    from hourllava_jax.train.config import load_train_config
+    from hourllava_jax.train.metrics import read_metrics
+    from hourllava_jax.train.state import create_train_state
+    from launch.train import build_model_and_loss, model_config
+
+    sets = ["--set", f"data.records=[{data / 'synthetic.jsonl'}]", f"data.feature_store={data / 'features'}",
+            f"data.tokenizer={data / 'tokenizer'}", "num_steps=6", "checkpoint.every=2", "mesh={data: 2}"]
+    cfg = load_train_config(REPO / "configs/train/tiny.yaml", [s for s in sets[1:]])
+    assert model_config(cfg).memory.spatial_mode == "random"
+
+    def launch(workdir, *extra):
+        cmd = [sys.executable, str(REPO / "launch/train.py"), "--config", "tiny", "--workdir", str(workdir), *extra, *sets]
+        return subprocess.Popen(cmd, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(proc):
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        return out
+
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    finish(launch(ref_dir))
+    proc = launch(run_dir, "--debug-step-sleep", "1.0")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        if (run_dir / "metrics.jsonl").exists() and max(read_metrics(run_dir / "metrics.jsonl") or [0]) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert max(read_metrics(run_dir / "metrics.jsonl")) < 6
+    out = finish(launch(run_dir))
+    assert "resumed from checkpoint 2" in out or "resumed from checkpoint 4" in out
+    ref, got = read_metrics(ref_dir / "metrics.jsonl"), read_metrics(run_dir / "metrics.jsonl")
+    for s in range(1, 7):
+        assert got[s]["loss"] == ref[s]["loss"], s
+
+    def params(workdir):
+        ini = create_train_state(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), build_model_and_loss(cfg)[0])
+        ck = Checkpointer(workdir / "checkpoints", every=2, keep=3)
+        state, data_state, step = ck.restore_latest(ini.abstract_state)
+        ck.close()
+        assert step == 6
+        return host_tree(state.params), data_state
+
+    (p1, d1), (p2, d2) = params(ref_dir), params(run_dir)
+    assert d1 == d2
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_num_steps_is_one_epoch_of_the_records_when_not_given(data, tmp_path, capsys):
+    """Stage configs give data.num_epochs: 1 and no num_steps: the launcher counts the global
+    batches of one pass over the record files, logs it, and trains that many steps."""
+    from hourllava_jax.train.config import load_train_config
+    from launch.train import build_data, main
+
+    work = tmp_path / "run"
+    sets = [*_overrides(data, work), "num_steps=null", "data.num_epochs=1", "checkpoint.every=100"]
+    assert main(["--config", "tiny", "--workdir", str(work), *sets, "--stop-after", "1"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_train_config(REPO / "configs/train/tiny.yaml", sets[1:] + ["num_steps=1"])
+    want = len(build_data(cfg, 0, 1).plan)
+    assert want >= 2 and f"num_steps: {want} derived from the data" in out
+    saved = (work / "train_config.yaml").read_text()
+    assert f"num_steps: {want}" in saved

@@ -55,7 +55,8 @@ def run_steps(cfg: TrainConfig, mesh, n: int, *, batches=None, init_state=None):
         params0 = host_tree(state.params)
         mask = trainable_mask(nnx.to_pure_dict(ini.parts.param_template), cfg.optim)
         step = make_train_step(ini.parts, ini.parts.rest, ini.tx, loss_fn, mask,
-                               compute_dtype=cfg.compute_dtype, grad_accum_steps=cfg.grad_accum_steps)
+                               compute_dtype=cfg.compute_dtype, grad_accum_steps=cfg.grad_accum_steps,
+                               loss_reduction=cfg.loss_reduction, loss_group_size=cfg.loss_group_size)
         if batches is None:
             it = build_data(cfg, jax.process_index(), jax.process_count())
             batches = [next(it) for _ in range(n)]
