@@ -29,15 +29,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from hourllava_jax.model.inputs import _round_up  # noqa: E402
-from hourllava_jax.model.layout import video_layout  # noqa: E402
+from hourllava_jax.data.collate import _round_up  # noqa: E402
+from hourllava_jax.memory.layout import video_layout  # noqa: E402
 from hourllava_jax.parallel.mesh import make_mesh  # noqa: E402
 from hourllava_jax.parallel.rules import use_rules  # noqa: E402
 from hourllava_jax.train.config import load_train_config  # noqa: E402
 from hourllava_jax.train.optimizer import trainable_mask  # noqa: E402
 from hourllava_jax.train.state import create_train_state, materialise_rest  # noqa: E402
 from hourllava_jax.train.step import compile_step, make_train_step  # noqa: E402
-from launch.train import build_model_and_loss, model_config  # noqa: E402
+from hourllava_jax.cli.train import build_model_and_loss  # noqa: E402
+from hourllava_jax.train.config import model_config  # noqa: E402
 
 TEXT = 256
 

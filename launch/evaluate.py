@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hourllava_jax.cli.evaluate import entry  # noqa: E402
+from hourllava_jax.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    sys.exit(main())

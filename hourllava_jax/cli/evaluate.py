@@ -133,8 +133,8 @@ def merge(out: Path, benchmark: str) -> dict[str, Any]:
     return rep
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Runs the command line; returns the merged report (benchmark -> summary) when this call
+def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Runs the command line in process; returns the merged report (benchmark -> summary) when this call
     merged it (one process or ``--merge-only``), else None."""
     a = parse_args(argv)
     if a.merge_only:
@@ -163,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     return None
 
 
-def entry() -> int:
-    """The console script: ``main()`` with an exit status (0) instead of the report."""
-    main()
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script (``hourllava-eval``, ``launch/evaluate.py``): :func:`run` with an exit
+    status (0; a failure exits non-zero with its reason) instead of the report."""
+    run(argv)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    sys.exit(main())

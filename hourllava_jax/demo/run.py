@@ -49,7 +49,7 @@ def _flag_list(xs: list[str]) -> str:
 
 
 def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
-    from hourllava_jax.cli.evaluate import main as evaluate_main
+    from hourllava_jax.cli.evaluate import run as evaluate
     from hourllava_jax.cli.export import export_workdir
     from hourllava_jax.data.extract import build_encoder, extract_features
     from hourllava_jax.cli.train import run_training
@@ -146,7 +146,7 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         bar.set_description(f"demo: evaluating {name}")
-        evaluate_main(["--benchmark", "needle", "--root", str(held_root), "--checkpoint", str(hf),
+        evaluate(["--benchmark", "needle", "--root", str(held_root), "--checkpoint", str(hf),
                        "--out", str(vdir / "eval"), "--mode", "loglikelihood", "--no-progress"])
         recs, _ = load_records(vdir / "eval", "needle")
         mem = model_cfg.memory

@@ -132,7 +132,7 @@ def test_evaluate_cli_runs_the_model_answerer(env, tmp_path, monkeypatch, mode):
     _write_videomme(root)
     from hourllava_jax.cli import evaluate
 
-    rep = evaluate.main(["--benchmark", "videomme", "--root", str(root), "--checkpoint", str(ckpt), "--out",
+    rep = evaluate.run(["--benchmark", "videomme", "--root", str(root), "--checkpoint", str(ckpt), "--out",
                          str(tmp_path / "out"), "--mode", mode, "--no-progress", "--cache-dir", str(tmp_path / "cache"),
                          "--max-new-tokens", str(N), "--mesh", "tensor=1"])
     assert rep is not None

@@ -28,11 +28,11 @@ def _strip(rep: dict) -> dict:
 
 def test_two_processes_then_merge_equals_one(evaluate, tmp_path: Path, tempcompass_root: Path):
     common = ["--benchmark", "tempcompass", "--root", str(tempcompass_root), "--answerer", "first-option", "--no-progress"]
-    one = evaluate.main(common + ["--out", str(tmp_path / "one")])
+    one = evaluate.run(common + ["--out", str(tmp_path / "one")])
     for i in (0, 1):
-        assert evaluate.main(common + ["--out", str(tmp_path / "two"), "--process-index", str(i),
+        assert evaluate.run(common + ["--out", str(tmp_path / "two"), "--process-index", str(i),
                                        "--process-count", "2"]) is None
-    two = evaluate.main(["--benchmark", "tempcompass", "--out", str(tmp_path / "two"), "--merge-only"])
+    two = evaluate.run(["--benchmark", "tempcompass", "--out", str(tmp_path / "two"), "--merge-only"])
     assert _strip(one) == _strip(two)
     tc = one["tempcompass"]
     # Always "A": right only on the action question (answer A) of the three.
@@ -46,15 +46,15 @@ def test_two_processes_then_merge_equals_one(evaluate, tmp_path: Path, tempcompa
 def test_partial_multi_process_run_reports_missing(evaluate, tmp_path: Path, lvbench_root: Path):
     args = ["--benchmark", "lvbench", "--root", str(lvbench_root), "--answerer", "first-option", "--no-progress",
             "--out", str(tmp_path), "--process-count", "2"]
-    evaluate.main(args + ["--process-index", "0"])
-    rep = evaluate.main(["--benchmark", "lvbench", "--out", str(tmp_path), "--merge-only"])["lvbench"]
+    evaluate.run(args + ["--process-index", "0"])
+    rep = evaluate.run(["--benchmark", "lvbench", "--out", str(tmp_path), "--merge-only"])["lvbench"]
     assert rep["n_expected"] == 3 and 0 < rep["n_missing"] < 3 and not rep["complete"]
 
 
 def test_needle_run_writes_heatmap(evaluate, tmp_path: Path, make_video):
     src = make_video(tmp_path / "hay.mp4", n_frames=3)
     needle.build([src], tmp_path / "needle", depths=[0.0, 1.0], lengths=[2, 4], size=32)
-    rep = evaluate.main(["--benchmark", "needle", "--root", str(tmp_path / "needle"), "--answerer", "first-option",
+    rep = evaluate.run(["--benchmark", "needle", "--root", str(tmp_path / "needle"), "--answerer", "first-option",
                          "--out", str(tmp_path / "out"), "--no-progress", "--mode", "loglikelihood"])
     assert rep["needle"]["n_results"] == 4 and rep["needle"]["n_correct"] == 1  # colours cycle, "A" once
     assert (tmp_path / "out" / "needle_heatmap.png").stat().st_size > 0
@@ -80,7 +80,7 @@ def test_cli_subprocess_dry_run_never_imports_jax(tmp_path: Path, mlvu_root: Pat
 
 def _fails(evaluate, argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        evaluate.main(argv)
+        evaluate.run(argv)
     assert e.value.code == evaluate.EXIT_BAD_INPUT
     return capsys.readouterr().err
 

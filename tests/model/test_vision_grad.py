@@ -11,8 +11,8 @@ from flax import nnx
 
 from hourllava_jax.config import load_model_config
 from hourllava_jax.model.hour_llava import HourLlava, loss_fn
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
 
 
 def _pixel_batch(cfg, frames: list[int]):

@@ -13,7 +13,7 @@ from train_harness import host_tree, one_device_mesh, run_steps, tiny_cfg
 from hourllava_jax.config.base import ConfigError
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.loss_reduction import reduce_terms
-from launch.train import build_data
+from standin import build_data
 
 
 def test_reduce_terms_by_hand():
@@ -49,7 +49,7 @@ def _batches(cfg, n: int):
 
 def _hand_loss(cfg, params0, batch, reduction, group):
     """The loss of the first step from the stand-in's own forward, reduced by hand in numpy."""
-    from launch.train import StandInModel
+    from standin import StandInModel
     from flax import nnx
 
     model = StandInModel(nnx.Rngs(0), vocab=cfg.data.vocab_size)

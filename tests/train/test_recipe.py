@@ -11,9 +11,9 @@ import pytest
 from train_harness import REPO
 
 from hourllava_jax.config import load_model_config
-from hourllava_jax.model.layout import multi_image_layout, video_layout
+from hourllava_jax.memory.layout import multi_image_layout, video_layout
 from hourllava_jax.train.config import load_train_config
-from launch.train import model_config
+from hourllava_jax.train.config import model_config
 
 STAGES = [f"{size}_stage{s}" for size in ("3b", "7b") for s in (1, 2, 3)]
 
@@ -63,6 +63,8 @@ INTENDED = {
 }
 INTENDED_7B = {"loss_reduction": ("per_sample", "per_device_group")}  # the release's 7B weighting
 INTENDED_STAGE3 = {"data.record_weights": ([3.0, 1.0], [])}  # 3:1 mixture moved to 3b_stage3_mix.yaml
+# Added by other work: each stage starts from its predecessor (init.from, tests/train/test_init.py).
+PREDECESSOR = {"1": "ckpt/{size}-s0", "2": "runs/{size}_stage1", "3": "runs/{size}_stage2"}
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -81,6 +83,9 @@ def test_stage_files_resolve_to_the_previous_values_apart_from_the_intended_chan
     if name.endswith("3"):
         intended.update(INTENDED_STAGE3)
     assert set(old) == set(new)
+    size = {"3b": "qwen25-3b", "7b": "qwen2-7b"}[name[:2]]
+    assert new.pop("init.from") == PREDECESSOR[name[-1]].format(size=size if name[-1] == "1" else name[:2])
+    assert old.pop("init.from") == "" and new["init.step"] is None
     for key in old:
         if key in intended:
             was, now = intended[key]

@@ -99,7 +99,8 @@ def test_sigkill_resume_is_bitwise_exact_with_random_spatial_forgetting(data, tm
     from hourllava_jax.train.config import load_train_config
     from hourllava_jax.train.metrics import read_metrics
     from hourllava_jax.train.state import create_train_state
-    from launch.train import build_model_and_loss, model_config
+    from hourllava_jax.cli.train import build_model_and_loss
+    from hourllava_jax.train.config import model_config
 
     sets = ["--set", f"data.records=[{data / 'synthetic.jsonl'}]", f"data.feature_store={data / 'features'}",
             f"data.tokenizer={data / 'tokenizer'}", "num_steps=6", "checkpoint.every=2", "mesh={data: 2}"]
@@ -150,7 +151,7 @@ def test_num_steps_is_one_epoch_of_the_records_when_not_given(data, tmp_path, ca
     """Stage configs give data.num_epochs: 1 and no num_steps: the launcher counts the global
     batches of one pass over the record files, logs it, and trains that many steps."""
     from hourllava_jax.train.config import load_train_config
-    from launch.train import build_data, main
+    from hourllava_jax.cli.train import build_data, main
 
     work = tmp_path / "run"
     sets = [*_overrides(data, work), "num_steps=null", "data.num_epochs=1", "checkpoint.every=100"]
