@@ -146,8 +146,10 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         bar.set_description(f"demo: evaluating {name}")
-        evaluate(["--benchmark", "needle", "--root", str(held_root), "--checkpoint", str(hf),
-                       "--out", str(vdir / "eval"), "--mode", "loglikelihood", "--no-progress"])
+        # One feature cache for both variants: they share the start's frozen tower, so the control
+        # reuses the MemAug run's encoded videos (the cache is keyed by the tower's parameters).
+        evaluate(["--benchmark", "needle", "--root", str(held_root), "--checkpoint", str(hf), "--out", str(vdir / "eval"),
+                  "--mode", "loglikelihood", "--cache-dir", str(workdir / "eval_cache"), "--no-progress"])
         recs, _ = load_records(vdir / "eval", "needle")
         mem = model_cfg.memory
         for r in recs:
