@@ -55,7 +55,7 @@ class HourLlava(nnx.Module):
     """The whole model. ``use_memaug=False`` (config) is the paper's ablation: decayed tokens go
     straight into the LLM and no MemAug parameters exist."""
 
-    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None, remat: bool = False):
+    def __init__(self, cfg: HourLlavaConfig, *, rngs: nnx.Rngs, dtype: Any = None, param_dtype: Any = None, remat: str | bool = "none"):
         cfg.validate()
         self.cfg = cfg
         self.dtype = jnp.dtype(dtype or cfg.dtype)
@@ -63,14 +63,15 @@ class HourLlava(nnx.Module):
         impl = cfg.attention_impl
         blocks = BlockSizes.from_config(cfg.attention_block_sizes)
         h = cfg.llm.hidden_size
+        scan = cfg.scan_layers
         self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl,
-                                               attention_blocks=blocks, rngs=rngs)
+                                               attention_blocks=blocks, scan_layers=scan, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, h, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # LLaVA-NeXT initialises the newline as randn(H) / sqrt(H).
         self.image_newline = nnx.Param(param_init(jax.nn.initializers.normal(h**-0.5), (EMBED,))(rngs.params(), (h,), pdt))
-        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt) if cfg.use_memaug else None
+        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt, scan_layers=scan) if cfg.use_memaug else None
         self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat,
-                         attention_blocks=blocks, rngs=rngs)
+                         attention_blocks=blocks, scan_layers=scan, rngs=rngs)
 
     # -- visual encoders --------------------------------------------------------------------
 
