@@ -74,7 +74,7 @@ def classify_hlo(hlo: str) -> dict[str, tuple[str, str, str]]:
                 cls = "reduce/exp"
             elif ops & {"copy", "transpose"} or op in ("copy", "transpose"):
                 cls = "copy/transpose"
-            elif op == "while":
+            elif op in ("while", "call", "conditional"):
                 cls = "loop"
             else:
                 cls = "elementwise"
@@ -105,7 +105,8 @@ def profile_jitted(fn, *args, repeats: int = 2) -> dict:
                 if "XLA" not in line.name and "PjRt" not in line.name:
                     continue
                 for e in line.events:
-                    if e.name.startswith(_SKIP) or e.name not in kinds:
+                    # A while/call event spans its body's ops, which have events of their own.
+                    if e.name.startswith(_SKIP) or e.name not in kinds or kinds[e.name][0] == "loop":
                         continue
                     per_op[e.name] += e.duration_ns / 1e9 / repeats
     return summarise(per_op, kinds, wall)
