@@ -64,3 +64,19 @@ def test_three_steps_scanned_equal_unrolled(remat):
     l0, l1 = [m["loss"] for m in m0], [m["loss"] for m in m1]
     assert l0[2] != l0[0]  # the steps really train
     np.testing.assert_allclose(l1, l0, rtol=1e-6, atol=0)
+
+
+def test_scanned_on_a_3d_mesh_matches_one_device():
+    from train_harness import one_device_mesh
+
+    assert len(jax.devices()) == 8
+    cfg = load_train_config(REPO / "configs/train/tiny.yaml", ["compute_dtype=float32", "global_batch_size=8",
+                                                               "model_overrides=[scan_layers=true]"])  # fmt: skip
+    batches = _batches(model_config(cfg), 2) * 4  # 2 steps of 8 samples: reuse the 2-sample batches
+    batches = [jax.tree.map(lambda *xs: np.concatenate(xs), *batches[i::2]) for i in range(2)]
+    ref, _, _, _ = run_steps(cfg, one_device_mesh(), 2, batches=batches)
+    got, state, _, _ = run_steps(cfg, make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), 2, batches=batches)
+    # The stack axis is never sharded; the layer's own axes follow the rules as unstacked.
+    spec = tuple(state.params["llm"]["layers"]["mlp"]["gate_proj"]["kernel"].sharding.spec)
+    assert spec[0] is None and spec[1:] == ("fsdp", "tensor"), spec
+    np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in ref], rtol=1e-5)
