@@ -34,16 +34,19 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
-from hourllava_jax.config import MemAugConfig, MemoryConfig
-from hourllava_jax.model.memaug import MemAug, MemAugDims
-from hourllava_jax.model.memory import build_video_memory
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from hourllava_jax.config import MemAugConfig, MemoryConfig  # noqa: E402
+from hourllava_jax.model.memaug import MemAug, MemAugDims  # noqa: E402
+from hourllava_jax.model.memory import build_video_memory  # noqa: E402
 
 TEXT_TOKENS = 64  # a short prompt; the n0 = 8 prefix sits before the decayed tokens (SPEC §1.4)
 H_3B, HEADS_3B, KV_3B = 2048, 16, 2
@@ -129,8 +132,6 @@ def bench_memaug(vm, dims: MemAugDims, *, run: bool) -> dict:
 
 def real_run(frames: int, depth: int, dtype: str) -> dict:
     """One real MemAug forward at 3B width on a ``frames``-frame video (runs in this process)."""
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from peak import measure_matmul_peak
 
