@@ -89,8 +89,10 @@ def query_positions(decayed_positions: jax.Array) -> jax.Array:
 
 
 def bench_build(t: int, cfg: MemoryConfig) -> tuple[dict, object]:
-    key = jax.random.key(0)
-    tokens = jax.random.normal(key, (t, cfg.pool_size**2, H_3B), jnp.bfloat16)
+    # One frame's random tokens, shifted per frame: the bf16 [T, 64, H] array is all that is held
+    # (a [T, 64, H] normal draw goes through f32 and doubled the real hour's peak RSS).
+    frame = jax.random.normal(jax.random.key(0), (1, cfg.pool_size**2, H_3B), jnp.float32)
+    tokens = jax.jit(lambda f: (f + 1e-3 * jnp.arange(t, dtype=jnp.float32)[:, None, None]).astype(jnp.bfloat16))(frame)
     newline = jnp.zeros((H_3B,), jnp.bfloat16)
     fn = jax.jit(lambda x, nl: build_video_memory(x, nl, cfg))
     compiled = fn.lower(tokens, newline).compile()
@@ -130,6 +132,12 @@ def bench_memaug(vm, dims: MemAugDims, *, run: bool) -> dict:
     return out
 
 
+def _rss_gib() -> float:
+    """Current resident set of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 def real_run(frames: int, depth: int, dtype: str) -> dict:
     """One real MemAug forward at 3B width on a ``frames``-frame video (runs in this process)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -154,6 +162,8 @@ def real_run(frames: int, depth: int, dtype: str) -> dict:
     t0 = time.perf_counter()
     compiled = fwd.lower(params, x, memory, qp, kp).compile()
     compile_s = time.perf_counter() - t0
+    rss_inputs = _rss_gib()  # parameters + inputs + compiled program, before the forward runs
+    temp = _mem_analysis(compiled).get("temp_size_in_bytes", 0) / 2**30
     block_s = _time(compiled, params, x, memory, qp, kp, reps=1)
     d = h // HEADS_3B
     # The block's attentions alone, at its shapes: self over the query, cross over the memory.
@@ -172,6 +182,7 @@ def real_run(frames: int, depth: int, dtype: str) -> dict:
         "attention_frac_of_peak": att_flops / (self_s + cross_s) / 1e9 / peak,
         "attention_share_of_forward_flops": att_flops * depth / flops,
         "matmul_peak_gflops": peak, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "rss_before_forward_gib": rss_inputs, "xla_temp_gib": temp,
         "depth4_estimate_s": None if depth == 4 else 4 * block_s / depth,
         "depth4_note": "the four blocks have the same shapes and read the same memory: depth 4 costs 4x one block",
         "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
