@@ -4,9 +4,11 @@ A ~100M-parameter Qwen2-shaped config (tied 32k vocabulary, GQA 12/2), fp32 (or 
 both frameworks and the matmul peak, so the efficiency numbers share one machine state.
 FLOPs: 2·N·T forward and 6·N·T forward+backward, N = matmul parameters (every Linear plus the
 tied lm_head; the embedding lookup is not a matmul), plus causal attention 2·2·B·layers·heads·D·L(L+1)/2
-forward (x3 with backward). Writes benchmarks/results/llm_step.json (llm_step_bf16.json with --dtype bfloat16).
+forward (x3 with backward). Every length of ``--seq`` (default 256 512 1024 2048) in fp32 and bf16
+(JAX bf16 compute vs torch autocast); ``speedups`` holds the goal's ratios (torch time / JAX time).
+Writes benchmarks/results/llm_step.json.
 
-    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256] [--repeats 2] [--dtype bfloat16] [--quick]
+    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256 1024] [--repeats 2] [--dtypes float32] [--quick]
 """
 
 from __future__ import annotations
@@ -78,16 +80,33 @@ def time_torch(hf, ids_np, repeats: int, bf16: bool) -> dict:
     return {"forward_s": best(fwd), "forward_backward_s": best(fwd_bwd), "loss": loss}
 
 
-def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:
+def jax_step_fns(model: Qwen2):
+    """(params, jitted forward(params, ids) -> logits, jitted value_and_grad of the mean next-token CE)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    ids = jnp.asarray(ids_np, jnp.int32)
 
     def loss_fn(params, ids):
-        logits = nnx.merge(graphdef, params, rest)(ids)[:, :-1].astype(jnp.float32)
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], axis=-1))
+        logits = nnx.merge(graphdef, params, rest)(ids)[:, :-1]
+        with jax.named_scope("cross_entropy"):
+            return next_token_ce(logits, ids[:, 1:])
 
     fwd = jax.jit(lambda p, ids: nnx.merge(graphdef, p, rest)(ids))
-    fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+    return params, fwd, jax.jit(jax.value_and_grad(loss_fn))
+
+
+def next_token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean CE of float[B, L, V] logits against int[B, L] targets, in fp32 like torch's loss.
+
+    logsumexp minus the target's logit: its gradient is softmax - onehot in one fused pass,
+    where log_softmax + take_along_axis adds a [B, L, V] log-prob tensor and a scatter.
+    """
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+
+
+def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:
+    params, fwd, fwd_bwd = jax_step_fns(model)
+    ids = jnp.asarray(ids_np, jnp.int32)
     t0 = time.perf_counter()
     jax.block_until_ready(fwd_bwd(params, ids))
     compile_s = time.perf_counter() - t0
@@ -96,20 +115,53 @@ def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:
             "loss": loss, "fwd_bwd_first_call_s": compile_s}  # fmt: skip
 
 
+def run_dtype(args, dtype, hf, tensors, n_total: int, n_matmul: int) -> list[dict]:
+    """Every sequence length for one compute dtype: JAX impls then torch, side by side."""
+    rows = []
+    for seq in args.seq:
+        ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (args.batch, seq))
+        f_fwd, f_fb = flops(CFG, n_matmul, args.batch, seq)
+        results = []
+        # The machine is shared: a peak is measured right before each framework's timing and
+        # efficiency is reported against that adjacent peak.
+        for impl in args.impls.split(","):
+            model = Qwen2(CFG, dtype=dtype, attention_impl=impl, rngs=nnx.Rngs(0))
+            params_from_tensors(model, tensors, qwen2_hf_rules(CFG))
+            adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
+            results.append({"framework": f"hourllava_jax ({impl} attention)"} | time_jax(model, ids, args.repeats) | {"adjacent_peak_gflops": adjacent})
+            del model
+        adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
+        torch_r = time_torch(hf.train(), ids, args.repeats, bf16=dtype == jnp.bfloat16)  # train(): dropout is 0 anyway
+        results.append({"framework": "transformers (sdpa)"} | torch_r | {"fwd_bwd_first_call_s": None, "adjacent_peak_gflops": adjacent})
+        for r in results:
+            r.update(dtype=jnp.dtype(dtype).name, seq=seq, load_avg=[round(x, 2) for x in os.getloadavg()])
+            r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
+            r["forward_backward_gflops"] = f_fb / r["forward_backward_s"] / 1e9
+            r["forward_frac_of_peak"] = r["forward_gflops"] / r["adjacent_peak_gflops"]
+            r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / r["adjacent_peak_gflops"]
+            r["tokens_per_s_fwd_bwd"] = args.batch * seq / r["forward_backward_s"]
+        torch_r = results[-1]
+        for r in results[:-1]:
+            # The goal's ratios (>= 1.2 wanted): how many times faster than transformers.
+            r["speedup_forward_vs_torch"] = torch_r["forward_s"] / r["forward_s"]
+            r["speedup_fwd_bwd_vs_torch"] = torch_r["forward_backward_s"] / r["forward_backward_s"]
+        rows += results
+        print(json.dumps(results), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--seq", type=int, nargs="+", default=[256, 512, 1024, 2048])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--impls", default="chunked", help="JAX attention impls to time, comma-separated (chunked,reference)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (params stay fp32)")
-    ap.add_argument("--quick", action="store_true", help="seq 128, one repeat (benchmarks/run_all.py --quick)")
-    ap.add_argument("--out", default=None, help="default: results/llm_step.json (fp32), results/llm_step_bf16.json (bf16)")
+    ap.add_argument("--impls", default="auto", help="JAX attention impls to time, comma-separated (auto,chunked,reference)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (params stay fp32; torch bf16 = autocast)")
+    ap.add_argument("--quick", action="store_true", help="seq 128, fp32, one repeat (benchmarks/run_all.py --quick)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_step.json"))
     args = ap.parse_args()
     if args.quick:
-        args.seq, args.repeats = 128, 1
-    dtype = jnp.dtype(args.dtype)
-    args.out = args.out or str(Path(__file__).parent / "results" / ("llm_step.json" if args.dtype == "float32" else "llm_step_bf16.json"))
+        args.seq, args.repeats, args.dtypes = [128], 1, "float32"
     load0 = os.getloadavg()
 
     import torch
@@ -120,42 +172,26 @@ def main() -> None:
     tensors = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     n_total = sum(v.size for v in tensors.values())
     n_matmul = n_total - tensors["model.embed_tokens.weight"].size + CFG.vocab_size * CFG.hidden_size
-    ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (args.batch, args.seq))
-    f_fwd, f_fb = flops(CFG, n_matmul, args.batch, args.seq)
-
-    # The machine is shared: the peak is measured right before each framework's timing and
-    # efficiency is reported against that adjacent peak (plus one at the start for the record).
-    peak = measure_matmul_peak(dtype)
-    results = []
-    for impl in args.impls.split(","):
-        model = Qwen2(CFG, dtype=dtype, attention_impl=impl, rngs=nnx.Rngs(0))
-        params_from_tensors(model, tensors, qwen2_hf_rules(CFG))
-        adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
-        results.append({"framework": f"hourllava_jax ({impl} attention)"} | time_jax(model, ids, args.repeats) | {"adjacent_peak_gflops": adjacent})
-        del model
-    adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
-    torch_r = time_torch(hf.train(), ids, args.repeats, bf16=dtype == jnp.bfloat16)  # train(): dropout is 0 anyway
-    results.append({"framework": "transformers (sdpa)"} | torch_r | {"fwd_bwd_first_call_s": None, "adjacent_peak_gflops": adjacent})
-    for r in results:
-        r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
-        r["forward_backward_gflops"] = f_fb / r["forward_backward_s"] / 1e9
-        r["forward_frac_of_peak"] = r["forward_gflops"] / r["adjacent_peak_gflops"]
-        r["forward_backward_frac_of_peak"] = r["forward_backward_gflops"] / r["adjacent_peak_gflops"]
-        r["tokens_per_s_fwd_bwd"] = args.batch * args.seq / r["forward_backward_s"]
+    peak = [measure_matmul_peak(jnp.dtype(d)) for d in args.dtypes.split(",")]
+    rows = []
+    for d in args.dtypes.split(","):
+        rows += run_dtype(args, jnp.dtype(d), hf, tensors, n_total, n_matmul)
+    goals = [{k: r[k] for k in ("dtype", "seq", "framework", "speedup_forward_vs_torch", "speedup_fwd_bwd_vs_torch")} for r in rows
+             if "speedup_fwd_bwd_vs_torch" in r]  # fmt: skip
     out = {
-        "what": f"Qwen2 ~100M {args.dtype} step on CPU: hourllava_jax vs transformers (same weights, fp32 params)",
-        "dtype": args.dtype,
+        "what": "Qwen2 ~100M step on CPU: hourllava_jax vs transformers (same weights, fp32 params), per length and dtype",
+        "goal": "speedup_*_vs_torch >= 1.2 at every length 256..2048 (fp32); bf16 = JAX bf16 compute vs torch autocast",
         "config": {k: getattr(CFG, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                                 "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")},  # fmt: skip
-        "params_total": int(n_total), "params_matmul": int(n_matmul), "batch": args.batch, "seq": args.seq,
-        "flops_forward": f_fwd, "flops_forward_backward": f_fb, "matmul_peak": peak, "results": results,
+        "params_total": int(n_total), "params_matmul": int(n_matmul), "batch": args.batch,
+        "matmul_peak": peak, "speedups": goals, "results": rows,
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "cpu_count": os.cpu_count(), "load_avg_at_start": load0, "load_avg_at_end": os.getloadavg(),
         "note": "2 shared cores: compare frameworks within one run; absolute numbers vary with load",
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    print(json.dumps(goals, indent=1))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,16 @@ up to T=600. Timings are wall-clock on a shared machine: treat them as orders of
 
     python benchmarks/memaug_scaling.py            # writes benchmarks/results/memaug_scaling.json
     python benchmarks/memaug_scaling.py --frames 128 600
+
+A real hour (no extrapolation): ``--real-frames 3600`` runs one 3B-width MemAug block forward
+(H 2048, 16/2 heads, 234,000 memory slots, 8,768 query tokens) in a fresh process and reports its
+wall time, the process's peak RSS, and the attention's share of the matmul peak measured in the
+same process (the block's two attentions timed alone at the same shapes). The four blocks of the
+model cost the same (same shapes, same memory), so depth 4 is 4x one block; ``--real-depth 4``
+runs all four for real. Writes results/memaug_real_hour.json (``--real-out``).
+
+    python benchmarks/memaug_scaling.py --real-frames 600            # reduced-size check (39,000 slots)
+    python benchmarks/memaug_scaling.py --real-frames 3600 [--real-depth 4] [--real-dtype float32]
 """
 
 from __future__ import annotations
@@ -24,16 +34,19 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
-from hourllava_jax.config import MemAugConfig, MemoryConfig
-from hourllava_jax.model.memaug import MemAug, MemAugDims
-from hourllava_jax.memory.reference import build_video_memory
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from hourllava_jax.config import MemAugConfig, MemoryConfig  # noqa: E402
+from hourllava_jax.model.memaug import MemAug, MemAugDims  # noqa: E402
+from hourllava_jax.memory.reference import build_video_memory  # noqa: E402
 
 TEXT_TOKENS = 64  # a short prompt; the n0 = 8 prefix sits before the decayed tokens (design §2.4)
 H_3B, HEADS_3B, KV_3B = 2048, 16, 2
@@ -76,8 +89,10 @@ def query_positions(decayed_positions: jax.Array) -> jax.Array:
 
 
 def bench_build(t: int, cfg: MemoryConfig) -> tuple[dict, object]:
-    key = jax.random.key(0)
-    tokens = jax.random.normal(key, (t, cfg.pool_size**2, H_3B), jnp.bfloat16)
+    # One frame's random tokens, shifted per frame: the bf16 [T, 64, H] array is all that is held
+    # (a [T, 64, H] normal draw goes through f32 and doubled the real hour's peak RSS).
+    frame = jax.random.normal(jax.random.key(0), (1, cfg.pool_size**2, H_3B), jnp.float32)
+    tokens = jax.jit(lambda f: (f + 1e-3 * jnp.arange(t, dtype=jnp.float32)[:, None, None]).astype(jnp.bfloat16))(frame)
     newline = jnp.zeros((H_3B,), jnp.bfloat16)
     fn = jax.jit(lambda x, nl: build_video_memory(x, nl, cfg))
     compiled = fn.lower(tokens, newline).compile()
@@ -117,13 +132,80 @@ def bench_memaug(vm, dims: MemAugDims, *, run: bool) -> dict:
     return out
 
 
+def _rss_gib() -> float:
+    """Current resident set of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def real_run(frames: int, depth: int, dtype: str) -> dict:
+    """One real MemAug forward at 3B width on a ``frames``-frame video (runs in this process)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peak import measure_matmul_peak
+
+    from hourllava_jax.kernels import attention
+
+    dt = jnp.dtype(dtype)
+    load0 = os.getloadavg()
+    peak = measure_matmul_peak(dt)["gflops"]
+    cfg = MemoryConfig()
+    dims = MemAugDims(H_3B, HEADS_3B, KV_3B, 1e6, MemAugConfig(depth=depth))
+    _, vm = bench_build(frames, cfg)
+    lq, lk, h = vm.decayed.shape[0] + TEXT_TOKENS, vm.memory.shape[0], H_3B
+    model = MemAug(dims, rngs=nnx.Rngs(0), dtype=dt, param_dtype=jnp.float32)
+    graph, params = nnx.split(model)
+    fwd = jax.jit(lambda p, x, m, qp, kp: nnx.merge(graph, p)(x, m, qp, kp))
+    x = jax.random.normal(jax.random.key(1), (1, lq, h), dt)
+    memory = vm.memory[None].astype(dt)
+    qp, kp = query_positions(vm.decayed_positions)[None], vm.memory_positions[None]
+    del vm
+    t0 = time.perf_counter()
+    compiled = fwd.lower(params, x, memory, qp, kp).compile()
+    compile_s = time.perf_counter() - t0
+    rss_inputs = _rss_gib()  # parameters + inputs + compiled program, before the forward runs
+    temp = _mem_analysis(compiled).get("temp_size_in_bytes", 0) / 2**30
+    block_s = _time(compiled, params, x, memory, qp, kp, reps=1)
+    d = h // HEADS_3B
+    # The block's attentions alone, at its shapes: self over the query, cross over the memory.
+    q = jax.random.normal(jax.random.key(2), (1, lq, HEADS_3B, d), dt)
+    k_self = jax.random.normal(jax.random.key(3), (1, lq, KV_3B, d), dt)
+    k_mem = jax.random.normal(jax.random.key(4), (1, lk, KV_3B, d), dt)
+    att = jax.jit(lambda q, k, v: attention(q, k, v))
+    self_s = _time(att.lower(q, k_self, k_self).compile(), q, k_self, k_self, reps=2)
+    cross_s = _time(att.lower(q, k_mem, k_mem).compile(), q, k_mem, k_mem, reps=1)  # compiled first: one run is all timed
+    att_flops = 4 * lq * lq * h + 4 * lq * lk * h
+    flops = memaug_flops(lq, lk, h, HEADS_3B, KV_3B, depth)
+    return {
+        "frames": frames, "depth": depth, "dtype": dtype, "lq": lq, "lk": lk, "hidden": h, "heads": HEADS_3B, "kv_heads": KV_3B,
+        "compile_s": compile_s, "forward_s": block_s, "forward_gflops": flops / 1e9, "forward_frac_of_peak": flops / block_s / 1e9 / peak,
+        "attention_self_s": self_s, "attention_cross_s": cross_s,
+        "attention_frac_of_peak": att_flops / (self_s + cross_s) / 1e9 / peak,
+        "attention_share_of_forward_flops": att_flops * depth / flops,
+        "matmul_peak_gflops": peak, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "rss_before_forward_gib": rss_inputs, "xla_temp_gib": temp,
+        "depth4_estimate_s": None if depth == 4 else 4 * block_s / depth,
+        "depth4_note": "the four blocks have the same shapes and read the same memory: depth 4 costs 4x one block",
+        "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[128, 600, 1800, 3600])
     ap.add_argument("--full-width-max-frames", type=int, default=128, help="largest T timed at 3B width (depth 1)")
     ap.add_argument("--run-max-frames", type=int, default=600, help="largest T timed at width 256 (depth 1)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memaug_scaling.json"))
+    ap.add_argument("--real-frames", type=int, default=None, help="run one real 3B-width forward at this T instead (3600 = 1 hour)")
+    ap.add_argument("--real-depth", type=int, default=1, help="MemAug blocks in the real run (4 = the whole module)")
+    ap.add_argument("--real-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--real-out", default=str(Path(__file__).parent / "results" / "memaug_real_hour.json"))
     args = ap.parse_args()
+    if args.real_frames:
+        r = real_run(args.real_frames, args.real_depth, args.real_dtype)
+        Path(args.real_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.real_out).write_text(json.dumps(r, indent=1))
+        print(json.dumps(r, indent=1))
+        return
 
     cfg = MemoryConfig()  # 3B preset values: p=8, min 128 frames, uniform spatial + temporal
     reduced = MemAugDims(256, 2, 1, 1e6, MemAugConfig(depth=1))

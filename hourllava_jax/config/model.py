@@ -160,6 +160,10 @@ class HourLlavaConfig:
     # (block_q, block_k) tiles for chunked / Pallas attention; None: per-backend defaults
     # (hourllava_jax/kernels/blocks.py). Checked against the target's rules when traced.
     attention_block_sizes: tuple[int, int] | None = None
+    # Hold each tower's layers (SigLIP, MemAug, Qwen2) as one stack of float[layers, ...] Params
+    # run as a scanned body: compile time independent of depth (hourllava_jax/model/scan.py).
+    # Checkpoints keep per-layer names either way.
+    scan_layers: bool = False
 
     def validate(self) -> None:
         self.vision.validate()

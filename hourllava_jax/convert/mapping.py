@@ -4,10 +4,16 @@ A :class:`TensorRule` says: HF tensor ``hf_key``, transposed by ``perm``, then r
 NNX ``Param`` at ``path``. Each model family lists its rules (``convert/*_keys.py``); the
 functions here apply them in either direction, one tensor at a time, so a checkpoint is never
 held twice in host memory.
+
+Scanned layer stacks (``scan_layers``, model/scan.py) hold one Param per name with the layers on
+a leading axis: the per-layer path ``(..., "layers", i, *rest)`` of a rule then resolves to the
+stacked Param ``(..., "layers", *rest)``, slice ``i``. The rules stay per layer (the HF names),
+so every key file serves both layouts.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -35,6 +41,23 @@ class TensorRule:
 
 def _path_str(path: Path) -> str:
     return ".".join(str(p) for p in path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a rule's tensor lives: the Param at ``path``, or its slice ``index`` of a stack."""
+
+    path: Path
+    index: int | None = None
+
+
+def _resolve(rule: TensorRule, params: Mapping[Path, nnx.Variable]) -> Target:
+    if rule.path in params:
+        return Target(rule.path)
+    for j, part in enumerate(rule.path):
+        if isinstance(part, int) and rule.path[:j] + rule.path[j + 1 :] in params:
+            return Target(rule.path[:j] + rule.path[j + 1 :], part)
+    raise ConversionError(f"rule for {rule.hf_key} points at {_path_str(rule.path)}, which is not a parameter of the model (unstacked or scanned)")
 
 
 def _params(model: nnx.Module) -> dict[Path, nnx.Variable]:
@@ -66,20 +89,41 @@ def jax_to_hf(y: np.ndarray, rule: TensorRule, hf_shape: tuple[int, ...]) -> np.
     return np.transpose(y.reshape(permuted), inv)
 
 
-def check_rules(model: nnx.Module, rules: Iterable[TensorRule]) -> dict[Path, nnx.Variable]:
-    """Every Param covered exactly once by the rules; returns the Params by path."""
+def check_rules(model: nnx.Module, rules: Iterable[TensorRule]) -> tuple[dict[Path, nnx.Variable], dict[str, Target]]:
+    """Every Param (every slice of a stacked one) covered exactly once by the rules.
+
+    Returns the Params by path and each rule's :class:`Target` by HF key.
+    """
     params = _params(model)
-    seen: dict[Path, str] = {}
+    seen: dict[Target, str] = {}
+    targets: dict[str, Target] = {}
     for r in rules:
-        if r.path not in params:
-            raise ConversionError(f"rule for {r.hf_key} points at {_path_str(r.path)}, which is not a parameter of {type(model).__name__}")
-        if r.path in seen:
-            raise ConversionError(f"parameter {_path_str(r.path)} is mapped twice ({seen[r.path]}, {r.hf_key})")
-        seen[r.path] = r.hf_key
-    uncovered = sorted(_path_str(p) for p in params if p not in seen)
+        t = _resolve(r, params)
+        if t in seen:
+            where = _path_str(t.path) + ("" if t.index is None else f"[{t.index}]")
+            raise ConversionError(f"parameter {where} is mapped twice ({seen[t]}, {r.hf_key})")
+        if t.index is not None and not 0 <= t.index < params[t.path].get_value().shape[0]:
+            raise ConversionError(f"{r.hf_key}: layer {t.index} is outside the stack {_path_str(t.path)} of {params[t.path].get_value().shape[0]}")
+        seen[t] = r.hf_key
+        targets[r.hf_key] = t
+    covered = collections.Counter(t.path for t in seen)
+    uncovered = []
+    for p, var in params.items():
+        stacked = any(t.path == p and t.index is not None for t in seen)
+        want = var.get_value().shape[0] if stacked else 1
+        if covered[p] != want:
+            uncovered.append(_path_str(p) + (f" ({covered[p]} of {want} layers)" if stacked else ""))
     if uncovered:
         raise ConversionError(f"no checkpoint key maps to parameter(s) {uncovered[:8]}{' ...' if len(uncovered) > 8 else ''}")
-    return params
+    return params, targets
+
+
+def _by_target(rules: list[TensorRule], targets: Mapping[str, Target]) -> list[list[TensorRule]]:
+    """Rules grouped by target Param, in first-appearance order: one stack is filled at a time."""
+    groups: dict[Path, list[TensorRule]] = {}
+    for r in rules:
+        groups.setdefault(targets[r.hf_key].path, []).append(r)
+    return list(groups.values())
 
 
 def load_tensors(
@@ -99,7 +143,7 @@ def load_tensors(
     with ``strict`` so is a checkpoint key no rule uses. ``place(path, array)`` puts each array on
     devices (e.g. ``jax.device_put`` with the parameter's sharding); default: ``jnp.asarray``.
     """
-    params = check_rules(model, rules)
+    params, targets = check_rules(model, rules)
     available = set(available)
     missing = sorted(r.hf_key for r in rules if r.hf_key not in available)
     if missing:
@@ -109,12 +153,19 @@ def load_tensors(
         unexpected = sorted(available - used)
         if unexpected:
             raise ConversionError(f"{source}: unexpected key(s) {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    for r in rules:
-        var = params[r.path]
-        target_dtype = dtype if dtype is not None else var.get_value().dtype
-        x = hf_to_jax(np.asarray(get_tensor(r.hf_key)), r, tuple(var.get_value().shape))
-        x = x.astype(target_dtype) if x.dtype != np.dtype(target_dtype) else x
-        var.set_value(place(r.path, x) if place is not None else jnp.asarray(x))
+    for group in _by_target(rules, targets):
+        path = targets[group[0].hf_key].path
+        var = params[path]
+        shape = tuple(var.get_value().shape)
+        target_dtype = np.dtype(dtype if dtype is not None else var.get_value().dtype)
+        if targets[group[0].hf_key].index is None:
+            x = hf_to_jax(np.asarray(get_tensor(group[0].hf_key)), group[0], shape)
+            x = x.astype(target_dtype) if x.dtype != target_dtype else x
+        else:  # a scanned stack: every layer's tensor into its slice, placed once
+            x = np.empty(shape, target_dtype)
+            for r in group:
+                x[targets[r.hf_key].index] = hf_to_jax(np.asarray(get_tensor(r.hf_key)), r, shape[1:])
+        var.set_value(place(path, x) if place is not None else jnp.asarray(x))
 
 
 def params_from_tensors(model: nnx.Module, tensors: Mapping[str, np.ndarray], rules: list[TensorRule], *, dtype: Any = None, strict: bool = True) -> None:
@@ -136,15 +187,20 @@ def iter_hf_tensors(
     ``read(path)``, when given, supplies each parameter instead of ``model`` (which may then be
     abstract): e.g. one tensor at a time from a training checkpoint.
     """
-    params = check_rules(model, rules)
+    params, targets = check_rules(model, rules)
+    last_path, last = None, None
     for r in rules:
+        t = targets[r.hf_key]
         if read is None:
-            y = np.asarray(jax.device_get(params[r.path].get_value()))
+            value = params[t.path].get_value()
         else:
-            y = np.asarray(read(r.path))
-            want = tuple(params[r.path].get_value().shape)
-            if y.shape != want:
-                raise ConversionError(f"parameter {_path_str(r.path)}: shape {y.shape} read, model expects {want}")
+            if t.path != last_path:  # a stacked (scanned) tensor serves its layers' keys in turn
+                last_path, last = t.path, np.asarray(read(t.path))
+                want = tuple(params[t.path].get_value().shape)
+                if last.shape != want:
+                    raise ConversionError(f"parameter {_path_str(t.path)}: shape {last.shape} read, model expects {want}")
+            value = last
+        y = np.asarray(jax.device_get(value if t.index is None else value[t.index]))
         if hf_shapes is not None and r.hf_key in hf_shapes:
             shape = tuple(hf_shapes[r.hf_key])
         elif r.perm is not None:

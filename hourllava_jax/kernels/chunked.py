@@ -31,13 +31,26 @@ def _start(i: jax.Array, block: int, length: int) -> tuple[jax.Array, jax.Array]
     return nominal, jnp.minimum(nominal, length - block)
 
 
+def _heads_first(x: jax.Array, kv_heads: int) -> jax.Array:
+    """[B, L, H, D] -> [B, K, G, L, D] (H = K·G): the layout every tile matmul reads directly."""
+    b, length, h, d = x.shape
+    return x.reshape(b, length, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+
+
+def _heads_last(x: jax.Array) -> jax.Array:
+    """[B, K, G, L, D] -> [B, L, K·G, D]."""
+    b, kh, g, length, d = x.shape
+    return x.transpose(0, 3, 1, 2, 4).reshape(b, length, kh * g, d)
+
+
 def _scores(qi, kj, q0, k0, k_new, qid, kid, q_offset, scale, causal):
     """Masked scores f32[B, K, G, bq, bk] and the mask bool[B, 1, 1, bq, bk] of one tile.
 
-    k_new: index of the first key not seen by an earlier chunk (keys before it are masked).
+    qi: [B, K, G, bq, D]; kj: [B, bk, K, D]. k_new: index of the first key not seen by an
+    earlier chunk (keys before it are masked).
     """
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
-    q_pos = q0 + jnp.arange(qi.shape[1])
+    s = jnp.einsum("bkgqd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
+    q_pos = q0 + jnp.arange(qi.shape[3])
     k_pos = k0 + jnp.arange(kj.shape[1])
     allowed = allowed_block(q_pos[None, :, None], k_pos[None, None, :], qid[:, :, None], kid[:, None, :], q_offset[:, None, None], causal)
     allowed = allowed & (k_pos >= k_new)[None, None, :]
@@ -48,18 +61,24 @@ def _slice(x, start, size, axis=1):
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
+# Queries (and dO, dQ) are heads-first inside the loops ([B, K, G, L, D]) and dK/dV tiles are
+# computed transposed ([B, K, D, bk]): XLA then only ever transposes tiles of size bk·D or bq·D,
+# never a score-sized [G, bq, bk] one, which the public [B, L, H, D] layout forced in every
+# inner step. K and V stay as given: a transposed copy of a 234k-token memory is not free.
+
+
 def chunked_fwd(q, k, v, q_offset, q_ids, kv_ids, *, scale, causal, block_q, block_k):
     """Returns o float[B, Lq, H, D] (q's dtype) and lse f32[B, H, Lq]. Needs block_q <= Lq, block_k <= Lk."""
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
     g = h // kh
     nq, nk = -(-lq // block_q), -(-lk // block_k)
-    qg = q.reshape(b, lq, kh, g, d)
+    qt = _heads_first(q, kh)
 
     def q_chunk(iq, carry):
         o_all, lse_all = carry
         _, q0 = _start(iq, block_q, lq)
-        qi, qid = _slice(qg, q0, block_q), _slice(q_ids, q0, block_q)
+        qi, qid = _slice(qt, q0, block_q, 3), _slice(q_ids, q0, block_q)
 
         def k_chunk(jk, state):
             m, l, acc = state
@@ -80,15 +99,16 @@ def chunked_fwd(q, k, v, q_offset, q_ids, kv_ids, *, scale, causal, block_q, blo
         )
         m, l, acc = jax.lax.fori_loop(0, _key_chunks(q0, block_q, block_k, nk, q_offset, causal), k_chunk, init)
         safe_l = jnp.where(l > 0, l, 1.0)
-        o = (acc / safe_l[..., None]).transpose(0, 3, 1, 2, 4).reshape(b, block_q, h, d)
-        lse = jnp.where(l > 0, m + jnp.log(safe_l), NEG_LSE).reshape(b, h, block_q)
+        o = acc / safe_l[..., None]
+        lse = jnp.where(l > 0, m + jnp.log(safe_l), NEG_LSE)
         # A clamped last chunk rewrites rows of the previous one with identical values.
-        o_all = jax.lax.dynamic_update_slice_in_dim(o_all, o.astype(q.dtype), q0, 1)
-        lse_all = jax.lax.dynamic_update_slice_in_dim(lse_all, lse, q0, 2)
+        o_all = jax.lax.dynamic_update_slice_in_dim(o_all, o.astype(q.dtype), q0, 3)
+        lse_all = jax.lax.dynamic_update_slice_in_dim(lse_all, lse, q0, 3)
         return o_all, lse_all
 
-    init = (jnp.zeros((b, lq, h, d), q.dtype), jnp.zeros((b, h, lq), jnp.float32))
-    return jax.lax.fori_loop(0, nq, q_chunk, init)
+    init = (jnp.zeros((b, kh, g, lq, d), q.dtype), jnp.zeros((b, kh, g, lq), jnp.float32))
+    o, lse = jax.lax.fori_loop(0, nq, q_chunk, init)
+    return _heads_last(o), lse.reshape(b, h, lq)
 
 
 def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, block_q, block_k):
@@ -97,8 +117,7 @@ def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, 
     lk, kh = k.shape[1], k.shape[2]
     g = h // kh
     nq, nk = -(-lq // block_q), -(-lk // block_k)
-    qg = q.reshape(b, lq, kh, g, d)
-    dog = do.astype(q.dtype).reshape(b, lq, kh, g, d)
+    qt, dot = _heads_first(q, kh), _heads_first(do.astype(q.dtype), kh)
     # delta_i = sum_d dO·O: the softmax-Jacobian term, one number per query row.
     delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o.astype(jnp.float32)).reshape(b, kh, g, lq)
     lse = lse.reshape(b, kh, g, lq)
@@ -106,7 +125,7 @@ def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, 
     def q_chunk(iq, carry):
         dq_all, dk_all, dv_all = carry
         q_new, q0 = _start(iq, block_q, lq)
-        qi, doi, qid = _slice(qg, q0, block_q), _slice(dog, q0, block_q), _slice(q_ids, q0, block_q)
+        qi, doi, qid = _slice(qt, q0, block_q, 3), _slice(dot, q0, block_q, 3), _slice(q_ids, q0, block_q)
         lse_i, delta_i = _slice(lse, q0, block_q, 3), _slice(delta, q0, block_q, 3)
         # Rows a clamped chunk shares with the previous one must not add to dK/dV a second time.
         fresh = (q0 + jnp.arange(block_q)) >= q_new
@@ -118,30 +137,30 @@ def chunked_bwd(q, k, v, q_offset, q_ids, kv_ids, o, lse, do, *, scale, causal, 
             s, allowed = _scores(qi, kj, q0, k0, k_new, qid, _slice(kv_ids, k0, block_k), q_offset, scale, causal)
             allowed = allowed & fresh[None, None, None, :, None]
             p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
-            dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkgqd,bskd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
             ds = (p * (dp - delta_i[..., None]) * scale).astype(q.dtype)
-            dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p.astype(q.dtype), doi, preferred_element_type=jnp.float32)
-            dk_j = jnp.einsum("bkgqs,bqkgd->bskd", ds, qi, preferred_element_type=jnp.float32)
-            dq_i = dq_i + jnp.einsum("bkgqs,bskd->bqkgd", ds, kj, preferred_element_type=jnp.float32)
-            dk_all = jax.lax.dynamic_update_slice_in_dim(dk_all, _slice(dk_all, k0, block_k) + dk_j, k0, 1)
-            dv_all = jax.lax.dynamic_update_slice_in_dim(dv_all, _slice(dv_all, k0, block_k) + dv_j, k0, 1)
+            dv_j = jnp.einsum("bkgqd,bkgqs->bkds", doi, p.astype(q.dtype), preferred_element_type=jnp.float32)
+            dk_j = jnp.einsum("bkgqd,bkgqs->bkds", qi, ds, preferred_element_type=jnp.float32)
+            dq_i = dq_i + jnp.einsum("bkgqs,bskd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
+            dk_all = jax.lax.dynamic_update_slice_in_dim(dk_all, _slice(dk_all, k0, block_k) + dk_j.transpose(0, 3, 1, 2), k0, 1)
+            dv_all = jax.lax.dynamic_update_slice_in_dim(dv_all, _slice(dv_all, k0, block_k) + dv_j.transpose(0, 3, 1, 2), k0, 1)
             return dq_i, dk_all, dv_all
 
-        dq_i = jnp.zeros((b, block_q, kh, g, d), jnp.float32)
+        dq_i = jnp.zeros((b, kh, g, block_q, d), jnp.float32)
         dq_i, dk_all, dv_all = jax.lax.fori_loop(
             0, _key_chunks(q0, block_q, block_k, nk, q_offset, causal), k_chunk, (dq_i, dk_all, dv_all)
         )
-        dq_i = jnp.where(fresh[None, :, None, None, None], dq_i, _slice(dq_all, q0, block_q))  # keep finished rows
-        dq_all = jax.lax.dynamic_update_slice_in_dim(dq_all, dq_i, q0, 1)
+        dq_i = jnp.where(fresh[:, None], dq_i, _slice(dq_all, q0, block_q, 3))  # keep finished rows
+        dq_all = jax.lax.dynamic_update_slice_in_dim(dq_all, dq_i, q0, 3)
         return dq_all, dk_all, dv_all
 
     init = (
-        jnp.zeros((b, lq, kh, g, d), jnp.float32),
+        jnp.zeros((b, kh, g, lq, d), jnp.float32),
         jnp.zeros((b, lk, kh, d), jnp.float32),
         jnp.zeros((b, lk, kh, d), jnp.float32),
     )
     dq, dk, dv = jax.lax.fori_loop(0, nq, q_chunk, init)
-    return dq.reshape(b, lq, h, d).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    return _heads_last(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 chunked_attention = make_attention(chunked_fwd, chunked_bwd)

@@ -71,14 +71,15 @@ class HourLlava(nnx.Module):
         impl = cfg.attention_impl
         blocks = BlockSizes.from_config(cfg.attention_block_sizes)
         h = cfg.llm.hidden_size
+        scan = cfg.scan_layers
         self.vision_tower = SiglipVisionTower(cfg.vision, dtype=self.dtype, param_dtype=pdt, attention_impl=impl,
-                                               remat=remat, attention_blocks=blocks, rngs=rngs)
+                                               remat=remat, attention_blocks=blocks, scan_layers=scan, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, h, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # LLaVA-NeXT initialises the newline as randn(H) / sqrt(H).
         self.image_newline = nnx.Param(param_init(jax.nn.initializers.normal(h**-0.5), (EMBED,))(rngs.params(), (h,), pdt))
-        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt, remat=remat) if cfg.use_memaug else None
+        self.memaug = MemAug(cfg, rngs=rngs, dtype=self.dtype, param_dtype=pdt, remat=remat, scan_layers=scan) if cfg.use_memaug else None
         self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=pdt, attention_impl=impl, remat=remat,
-                         attention_blocks=blocks, rngs=rngs)
+                         attention_blocks=blocks, scan_layers=scan, rngs=rngs)
 
     # -- visual encoders --------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from hourllava_jax.config import HourLlavaConfig, MemAugConfig
 from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
+from hourllava_jax.model.scan import scan_layers, stack_layers
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, param_init
 from hourllava_jax.parallel.mesh import MEMORY_AXIS, batch_axes
 
@@ -167,8 +168,13 @@ class MemAugBlock(nnx.Module):
         return self.norm3(x + self.mlp(x))
 
 
+def _block_step(block, x, memory, rope_q, rope_k, q_mask, kv_mask):
+    return block(x, memory, rope_q, rope_k, q_mask, kv_mask)
+
+
 class MemAug(nnx.Module):
-    """``depth`` MemAug blocks; ``layers`` is an ``nnx.List`` (state paths ``layers/<i>/...``).
+    """``depth`` MemAug blocks; ``layers`` is an ``nnx.List`` (state paths ``layers/<i>/...``), or
+    with ``scan_layers`` one stack of float[depth, ...] Params run as a scanned body (model/scan.py).
 
     Args:
       cfg: the whole-model config (widths from its LLM) or an explicit :class:`MemAugDims`.
@@ -177,11 +183,13 @@ class MemAug(nnx.Module):
       mesh: optional; if it has a ``memory`` axis of size > 1 the cross-attention runs
         memory-parallel (``kernels.attention(mesh=...)``: K/V split along the memory tokens).
       remat: a :mod:`~hourllava_jax.model.remat` policy name applied to each block in training.
+      scan_layers: stack the blocks (default: ``cfg.scan_layers`` for a HourLlavaConfig, else False).
     """
 
     def __init__(self, cfg: HourLlavaConfig | MemAugDims, *, rngs: nnx.Rngs, dtype=None, param_dtype=None, mesh=None,
-                 remat: str | bool = "none"):
+                 remat: str | bool = "none", scan_layers: bool | None = None):
         if isinstance(cfg, HourLlavaConfig):
+            scan_layers = cfg.scan_layers if scan_layers is None else scan_layers
             dims = MemAugDims.from_config(cfg)
             dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
             param_dtype = jnp.dtype(cfg.param_dtype) if param_dtype is None else param_dtype
@@ -194,8 +202,12 @@ class MemAug(nnx.Module):
         self.dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
         param_dtype = jnp.float32 if param_dtype is None else param_dtype
         self.remat = normalize_remat(remat)
-        self.layers = nnx.List([MemAugBlock(dims, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype, mesh=mesh)
-                                for _ in range(dims.memaug.depth)])
+        self.scan_layers = bool(scan_layers)
+        make = lambda r: MemAugBlock(dims, rngs=r, dtype=self.dtype, param_dtype=param_dtype, mesh=mesh)  # noqa: E731
+        if self.scan_layers:
+            self.layers = stack_layers(make, dims.memaug.depth, rngs)
+        else:
+            self.layers = nnx.List([make(rngs) for _ in range(dims.memaug.depth)])
 
     def __call__(self, x: jax.Array, memory: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,
                  q_mask: jax.Array | None = None, kv_mask: jax.Array | None = None) -> jax.Array:
@@ -225,8 +237,11 @@ class MemAug(nnx.Module):
         r, theta = self.dims.rotary_dim, self.dims.rope_theta
         rope_q = rope_cos_sin(q_positions, r, theta, self.dtype)
         rope_k = rope_cos_sin(kv_positions, r, theta, self.dtype)
-        for layer in self.layers:
-            x = remat_call(self.remat, layer, lambda m, *a: m(*a), x, memory, rope_q, rope_k, q_mask, kv_mask)
+        if self.scan_layers:
+            x = scan_layers(self.layers, _block_step, x, memory, rope_q, rope_k, q_mask, kv_mask, remat=self.remat)
+        else:
+            for layer in self.layers:
+                x = remat_call(self.remat, layer, _block_step, x, memory, rope_q, rope_k, q_mask, kv_mask)
         if q_mask is not None:
             x = jnp.where(q_mask[..., None], x, 0)
         return x

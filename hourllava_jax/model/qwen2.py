@@ -17,6 +17,7 @@ from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.kv_cache import KVCache
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
+from hourllava_jax.model.scan import layer_at, scan_layers, stack_layers
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, VOCAB, param_init
 
 _W_INIT = nnx.initializers.normal(0.02)  # HF Qwen2 initializer_range; checkpoints overwrite it
@@ -29,6 +30,7 @@ class RMSNorm(nnx.Module):
         self.weight = nnx.Param(param_init(nnx.initializers.ones, (NORM,))(rngs.params(), (dim,), param_dtype))
         self.eps = eps
 
+    @jax.named_scope("norm")
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -62,16 +64,21 @@ class Qwen2Attention(nnx.Module):
         Returns (float[B, L, H], (k, v) full float[B, Lk, K, D] for the cache).
         """
         b, l, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+        with jax.named_scope("attn_proj"):
+            q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
+            k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+            v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+        with jax.named_scope("rope"):
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_kv is not None:
             cache, layer = cache_kv
             k, v = cache.write(layer, k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        o = attention(q, k, v, causal=True, q_offset=q_offset, kv_mask=kv_mask, impl=self.attention_impl,
-                      block_sizes=self.attention_blocks)
-        return self.o_proj(o.reshape(b, l, self.num_heads * self.head_dim)), (k, v)
+        with jax.named_scope("attention"):
+            o = attention(q, k, v, causal=True, q_offset=q_offset, kv_mask=kv_mask, impl=self.attention_impl,
+                          block_sizes=self.attention_blocks)
+        with jax.named_scope("attn_proj"):
+            return self.o_proj(o.reshape(b, l, self.num_heads * self.head_dim)), (k, v)
 
 
 class Qwen2MLP(nnx.Module):
@@ -83,6 +90,7 @@ class Qwen2MLP(nnx.Module):
         self.up_proj = _linear(cfg.hidden_size, cfg.intermediate_size, (EMBED, MLP), **kw)
         self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size, (MLP, EMBED), **kw)
 
+    @jax.named_scope("mlp")
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -103,38 +111,46 @@ class Qwen2DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def _layer_hidden(layer, x, cos, sin, kv_mask):
-    # Training path only (no cache): the layer's hidden output.
+def _layer_step(layer, x, cos, sin, kv_mask):
+    # Training path only (no cache): one decoder layer, hidden in -> hidden out.
     return layer(x, cos, sin, kv_mask)[0]
 
 
 class Qwen2(nnx.Module):
     """Qwen2ForCausalLM. dtype: activations/compute; param_dtype: stored parameters.
 
-    remat: a :mod:`~hourllava_jax.model.remat` policy name for each decoder layer in training
-      (design §3.1: gradient checkpointing); ``True``/``False`` mean ``full``/``none``.
+    remat: policy name (model/remat.py; True = "full") for recomputing each decoder layer in the
+      backward pass (SPEC §2: gradient checkpointing).
+    scan_layers: hold the decoder layers as one stack (float[layers, ...] Params, model/scan.py)
+      and run them as one scanned body: the same function, compiled once instead of per layer.
     """
 
     def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "auto", remat: str | bool = "none",
-                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
+                 attention_blocks: BlockSizes | None = None, scan_layers: bool = False, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg
         self.dtype = dtype
         self.remat = normalize_remat(remat)
+        self.scan_layers = scan_layers
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                       embedding_init=param_init(_W_INIT, (VOCAB, EMBED)), rngs=rngs)  # fmt: skip
-        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
-        self.layers = nnx.List([Qwen2DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks)
+        if scan_layers:
+            self.layers = stack_layers(lambda r: Qwen2DecoderLayer(cfg, **kw, rngs=r), cfg.num_hidden_layers, rngs)
+        else:
+            self.layers = nnx.List([Qwen2DecoderLayer(cfg, **kw, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, (EMBED, VOCAB), bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     # --- pieces the Hour-LLaVA assembly and generation use --------------------------------------
 
+    @jax.named_scope("embed")
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """int32[B, L] -> float[B, L, H] (compute dtype): the LLM input table (design §2.4)."""
         return self.embed_tokens(input_ids)
 
+    @jax.named_scope("lm_head")
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float[..., H] final-normed hidden -> float[..., V] (tied: hidden @ embed_tokens.T)."""
         if self.cfg.tie_word_embeddings:
@@ -173,8 +189,11 @@ class Qwen2(nnx.Module):
 
         if cache is None:
             kv_mask = None if attention_mask is None else attention_mask.astype(bool)
-            for layer in self.layers:
-                x = remat_call(self.remat, layer, _layer_hidden, x, cos, sin, kv_mask)
+            if self.scan_layers:
+                x = scan_layers(self.layers, _layer_step, x, cos, sin, kv_mask, remat=self.remat)
+            else:
+                for layer in self.layers:
+                    x = remat_call(self.remat, layer, _layer_step, x, cos, sin, kv_mask)
             return self.norm(x)
 
         if b != cache.mask.shape[0]:
@@ -185,7 +204,9 @@ class Qwen2(nnx.Module):
         step_mask = jnp.ones((b, l), bool) if attention_mask is None else attention_mask.astype(bool)
         kv_mask = cache.with_mask(step_mask)
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
+        # Decoding steps are short: a stack is unrolled here (one layer view per index).
+        layers = [layer_at(self.layers, i) for i in range(self.cfg.num_hidden_layers)] if self.scan_layers else self.layers
+        for i, layer in enumerate(layers):
             x, (k, v) = layer(x, cos, sin, kv_mask, (cache, i), cache.index)
             keys.append(k)
             values.append(v)

@@ -19,6 +19,7 @@ from flax import nnx
 from hourllava_jax.config.model import VisionConfig
 from hourllava_jax.kernels import BlockSizes, attention
 from hourllava_jax.model.remat import normalize_remat, remat_call
+from hourllava_jax.model.scan import scan_layers, stack_layers
 from hourllava_jax.parallel.axes import CONV, EMBED, HEADS, MLP, NORM, param_init
 
 Dtype = Any
@@ -135,19 +136,32 @@ class SiglipEncoderLayer(nnx.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
+def _layer_step(layer, x):
+    return layer(x)
+
+
 class SiglipEncoder(nnx.Module):
-    """``cfg.num_hidden_layers`` encoder layers; ``__call__`` runs the first ``num_layers``."""
+    """``cfg.num_hidden_layers`` encoder layers; ``__call__`` runs the first ``num_layers``.
+
+    scan_layers: one stack of float[layers, ...] Params run as a scanned body (model/scan.py).
+    """
 
     def __init__(self, cfg: VisionConfig, *, dtype: Dtype, param_dtype: Dtype, attention_impl: str, remat: str | bool,
-                 attention_blocks: BlockSizes | None = None, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks, rngs=rngs)
-        self.layers = nnx.List([SiglipEncoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+                 attention_blocks: BlockSizes | None = None, scan_layers: bool = False, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, attention_blocks=attention_blocks)
+        if scan_layers:
+            self.layers = stack_layers(lambda r: SiglipEncoderLayer(cfg, **kw, rngs=r), cfg.num_hidden_layers, rngs)
+        else:
+            self.layers = nnx.List([SiglipEncoderLayer(cfg, **kw, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.remat = normalize_remat(remat)
+        self.scan_layers = scan_layers
 
     def __call__(self, x: jax.Array, num_layers: int) -> jax.Array:
         """x float[N, L, D] -> float[N, L, D] after layers[:num_layers]."""
+        if self.scan_layers:
+            return scan_layers(self.layers, _layer_step, x, remat=self.remat, length=num_layers)
         for layer in self.layers[:num_layers]:
-            x = remat_call(self.remat, layer, lambda m, h: m(h), x)
+            x = remat_call(self.remat, layer, _layer_step, x)
         return x
 
 
@@ -210,13 +224,15 @@ class SiglipVisionTower(nnx.Module):
         attention_impl: str = "auto",
         remat: str | bool = "none",
         attention_blocks: BlockSizes | None = None,
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         cfg.validate()
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embeddings = SiglipVisionEmbeddings(cfg, **kw)
-        self.encoder = SiglipEncoder(cfg, attention_impl=attention_impl, remat=remat, attention_blocks=attention_blocks, **kw)
+        self.encoder = SiglipEncoder(cfg, attention_impl=attention_impl, remat=remat, attention_blocks=attention_blocks,
+                                     scan_layers=scan_layers, **kw)
         self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw) if cfg.has_post_layernorm else None
         self.head = SiglipPoolingHead(cfg, attention_impl=attention_impl, **kw) if cfg.vision_use_head else None
 

@@ -20,6 +20,7 @@ MLP = "mlp"  # feed-forward hidden
 VOCAB = "vocab"
 NORM = "norm"  # scale/bias vectors of norms (replicated by default)
 CONV = "conv"  # patch-embedding spatial/channel axes (replicated)
+LAYERS = "layers"  # leading axis of a scanned layer stack (model/scan.py); never sharded
 # Activation axes.
 BATCH = "batch"
 SEQ = "seq"

@@ -40,6 +40,7 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     ax.VOCAB: ("tensor",),
     ax.NORM: (),
     ax.CONV: (),
+    ax.LAYERS: (),  # each scan step reads one layer: sharding this axis would gather every step
     ax.ACT_EMBED: (),
     ax.ACT_HEADS: ("tensor",),
 }

@@ -23,6 +23,13 @@ def test_auto_is_chunked_on_cpu_and_matches_reference():
     assert attention(q, k, v).dtype == jnp.float32
 
 
+@pytest.mark.parametrize("lq,lk,causal", [(6, 10, False), (40, 40, True), (300, 300, True), (20, 600, False)])
+def test_auto_on_cpu_is_exactly_chunked_at_every_size(lq, lk, causal):
+    # No size threshold switches CPU to a fused path (docs/kernels.md): auto's pick, bit for bit.
+    q, k, v = _qkv(lq=lq, lk=lk)
+    np.testing.assert_array_equal(attention(q, k, v, causal=causal), attention(q, k, v, causal=causal, impl="chunked"))
+
+
 def test_custom_scale_is_used():
     q, k, v = _qkv()
     for impl in ("reference", "chunked"):
