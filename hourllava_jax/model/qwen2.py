@@ -120,7 +120,7 @@ class Qwen2(nnx.Module):
     """Qwen2ForCausalLM. dtype: activations/compute; param_dtype: stored parameters.
 
     remat: policy name (model/remat.py; True = "full") for recomputing each decoder layer in the
-      backward pass (SPEC §2: gradient checkpointing).
+      backward pass (design §3.1: gradient checkpointing).
     scan_layers: hold the decoder layers as one stack (float[layers, ...] Params, model/scan.py)
       and run them as one scanned body: the same function, compiled once instead of per layer.
     """

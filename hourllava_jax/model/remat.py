@@ -1,4 +1,4 @@
-"""Gradient checkpointing by name (SPEC §2 'gradient checkpointing'): one place that turns a
+"""Gradient checkpointing by name (design §3.1 'gradient checkpointing'): one place that turns a
 config's ``remat`` string into a ``jax.checkpoint`` policy and applies it to a layer.
 
 ==================================  =============================================================
@@ -49,7 +49,7 @@ def remat_policy(name: str | bool) -> Policy | None:
 def remat_call(name: str | bool, module: nnx.Module, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(module, *args)``, with ``module``'s activations recomputed in the backward pass as
     ``name`` says. A plain ``jax.checkpoint`` over the module's state (no nested NNX transform,
-    STYLE lesson 1); ``args`` are pytrees of arrays (``None`` allowed), ``fn`` must not mutate
+    design §7.1); ``args`` are pytrees of arrays (``None`` allowed), ``fn`` must not mutate
     ``module``."""
     policy = remat_policy(name)
     if policy is None:

@@ -3,7 +3,7 @@
 A stack is ``n`` copies of a layer module built by one ``nnx.vmap``, so every Param carries the
 layers on a new leading axis, named :data:`~hourllava_jax.parallel.axes.LAYERS` in its logical
 axes (unsharded by the rules). Running it splits the stack into its graph and state and scans
-the state with plain ``jax.lax.scan`` (no nested NNX transform, STYLE lesson 1), the remat
+the state with plain ``jax.lax.scan`` (no nested NNX transform, design §7.1), the remat
 policy wrapped around the body: XLA then compiles one layer instead of ``n``, and the backward
 pass keeps only what the policy saves per step. Per-layer checkpoint names are resolved to
 slices of the stack by ``convert/mapping.py``.
