@@ -16,7 +16,8 @@ from hourllava_jax.config.model import MemAugConfig, VisionConfig
 from hourllava_jax.convert.mapping import ConversionError, TensorRule, params_from_tensors, tensors_from_params
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules
 from hourllava_jax.convert.siglip_keys import siglip_hf_rules
-from hourllava_jax.model.memaug import MemAug, MemAugDims, memaug_hf_rules
+from hourllava_jax.convert.memaug_keys import memaug_hf_rules
+from hourllava_jax.model.memaug import MemAug, MemAugDims
 from hourllava_jax.model.qwen2 import Qwen2
 from hourllava_jax.model.siglip import SiglipVisionTower
 
@@ -131,7 +132,7 @@ def test_siglip_scanned_equals_unrolled(feature_layer):
 
 def test_memaug_scanned_equals_unrolled():
     dims = MemAugDims(32, 4, 2, 1e6, MemAugConfig(depth=3))
-    rules = [TensorRule(*r) for r in memaug_hf_rules(dims, prefix="")]
+    rules = memaug_hf_rules(dims, prefix="")
     unrolled, scanned, _ = _twins(lambda s: MemAug(dims, scan_layers=s, remat="dots_saveable", rngs=nnx.Rngs(0)), rules)
     ks = jax.random.split(jax.random.key(2), 2)
     x, mem = jax.random.normal(ks[0], (2, 9, 32)), jax.random.normal(ks[1], (2, 20, 32))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from train_harness import REPO, run_steps
 
-from hourllava_jax.model.inputs import Sample, collate
-from hourllava_jax.model.layout import video_layout
+from hourllava_jax.data.collate import Sample, collate
+from hourllava_jax.memory.layout import video_layout
 from hourllava_jax.parallel.mesh import make_mesh
 from hourllava_jax.train.config import load_train_config
-from launch.train import model_config
+from hourllava_jax.train.config import model_config
 
 
 def _cfg(scan: bool, remat: str):
