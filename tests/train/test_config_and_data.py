@@ -38,7 +38,8 @@ def test_stage_configs_follow_spec(size, stage):
     assert (o.warmup_ratio, o.schedule, o.grad_clip, o.weight_decay) == (0.03, "cosine", 1.0, 0.0)
     assert cfg.forgetting == ("spatial" if stage == 1 else "spatial+temporal")
     # Each stage starts from its predecessor (design §3): the composed start, then the previous workdir.
-    assert cfg.init.source == (f"ckpt/qwen25-{size}-s0" if stage == 1 else f"runs/{size}_stage{stage - 1}")
+    llm = {"3b": "qwen25-3b", "7b": "qwen2-7b"}[size]  # Qwen2.5-3B-Instruct / Qwen2-7B-Instruct (design §1)
+    assert cfg.init.source == (f"ckpt/{llm}-s0" if stage == 1 else f"runs/{size}_stage{stage - 1}")
     cfg.data.check_sources()
     assert cfg.data.image_root  # every stage trains on image records (design §3.1 table)
     # One epoch over the listed files, num_steps derived at launch (the release); the 3:1
