@@ -544,7 +544,7 @@ def part_train_step(p: Part, *, model_set: list[str]) -> None:
     from hourllava_jax.train.step import compile_step, make_train_step
 
     frames, text_len, steps = (24, 64, 1) if p.dry else (3600, 256, 3)
-    overrides = ["global_batch_size=1", "grad_accum_steps=1", "mesh={data: 1}", "tensorboard=false", "remat=full",
+    overrides = ["global_batch_size=1", "grad_accum_steps=1", "num_steps=1", "mesh={data: 1}", "tensorboard=false", "remat=full",
                  "compute_dtype=bfloat16", "param_dtype=float32", "max_length=32768"]
     if p.dry:  # the tiny preset cut to one layer per tower: CI time is compile time
         overrides.append("model=tiny")

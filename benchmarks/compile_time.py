@@ -49,7 +49,7 @@ def _one(preset: str, scan: bool, frames: int) -> dict:
 
     yaml = ROOT / "configs" / "train" / f"{preset}_stage3.yaml"
     cfg = load_train_config(yaml, [f"model_overrides=[scan_layers={str(scan).lower()}]", "global_batch_size=1", "grad_accum_steps=1",
-                                   "mesh={data: 1}"])  # fmt: skip
+                                   "mesh={data: 1}", "num_steps=1000"])  # fmt: skip
     mcfg = model_config(cfg)
     factory, loss_fn = build_model_and_loss(cfg)
     mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1])

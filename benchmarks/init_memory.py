@@ -69,7 +69,7 @@ def load(path: str, scale: int) -> dict:
     from hourllava_jax.train.state import create_train_state
 
     cfg = load_train_config(ROOT / "configs/train/7b_stage2.yaml",
-                            ["model_overrides=[" + ",".join(_overrides(scale)) + "]"])
+                            ["model_overrides=[" + ",".join(_overrides(scale)) + "]", "num_steps=1000"])
     from hourllava_jax.model.hour_llava import HourLlava
 
     mcfg = model_config(cfg)
