@@ -19,7 +19,8 @@ from hourllava_jax.train.config import model_config
 
 def _cfg(scan: bool, remat: str):
     return load_train_config(REPO / "configs" / "train" / "tiny.yaml", [f"model_overrides=[scan_layers={str(scan).lower()}]",
-                             "global_batch_size=2", "mesh={data: 1}", f"remat={remat}", "num_steps=10"])  # fmt: skip
+                             "global_batch_size=2", "mesh={data: 1}", f"remat={remat}", "num_steps=10",
+                             "spatial_mode=uniform"])  # fmt: skip  (the host batches below carry no forgetting key)
 
 
 def _batches(mcfg, n: int, frames: int = 20):
@@ -71,7 +72,8 @@ def test_scanned_on_a_3d_mesh_matches_one_device():
 
     assert len(jax.devices()) == 8
     cfg = load_train_config(REPO / "configs/train/tiny.yaml", ["compute_dtype=float32", "global_batch_size=8",
-                                                               "model_overrides=[scan_layers=true]"])  # fmt: skip
+                                                               "model_overrides=[scan_layers=true]", "num_steps=10",
+                                                               "spatial_mode=uniform"])  # fmt: skip
     batches = _batches(model_config(cfg), 2) * 4  # 2 steps of 8 samples: reuse the 2-sample batches
     batches = [jax.tree.map(lambda *xs: np.concatenate(xs), *batches[i::2]) for i in range(2)]
     ref, _, _, _ = run_steps(cfg, one_device_mesh(), 2, batches=batches)

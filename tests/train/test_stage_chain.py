@@ -111,7 +111,7 @@ def test_compose_stage1_stage2_export_answer_evaluate(start, tmp_path, capsys):
     # Two steps of training answer with whitespace; what counts: it loaded, encoded, generated.
     assert r.stdout.endswith("\n") and " frames " in r.stderr and " tokens" in r.stderr, r.stderr[-2000:]
     needle = tmp_path / "needle"
-    _run("-m", "hourllava_jax.eval.benchmarks.needle", "--videos", str(video), "--out", str(needle), "--depths", "0.5",
+    _run("-m", "hourllava_jax.eval.tasks.needle", "--videos", str(video), "--out", str(needle), "--depths", "0.5",
          "--lengths", "8", "--needles-per-cell", "2")
     _run("launch/evaluate.py", "--benchmark", "needle", "--root", str(needle), "--checkpoint", str(hf), "--out",
          str(tmp_path / "eval"), "--mode", "loglikelihood", "--no-progress")
