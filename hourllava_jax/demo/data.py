@@ -20,6 +20,7 @@ from pathlib import Path
 from hourllava_jax.data.records import Record, load_records, video_path
 from hourllava_jax.data.synthetic import NEEDLE_COLOURS, NEEDLE_QUESTION, corpus_texts, make_needle_dataset
 from hourllava_jax.data.tokenizer import build_tokenizer, load_tokenizer
+from hourllava_jax.eval.answerer import continuation
 from hourllava_jax.eval.items import LETTERS, EvalItem
 from hourllava_jax.eval.prompt import build_prompt
 
@@ -72,8 +73,7 @@ def question_text(item: EvalItem) -> str:
 
 def answer_text(item: EvalItem) -> str:
     """The continuation the runner scores in log-likelihood mode (``"{letter}. {option}"``)."""
-    i = LETTERS.index(item.answer)
-    return f"{item.answer}. {item.options[i]}"
+    return continuation(item.answer, item.options[LETTERS.index(item.answer)])
 
 
 def write_benchmark(root: str | Path, records: Sequence[Record]) -> Path:

@@ -44,6 +44,11 @@ from hourllava_jax.parallel.rules import DEFAULT_RULES, Rules, state_shardings
 Target = Literal["letter_option", "letter", "option"]
 
 
+def continuation(letter: str, option: str, target: Target = "letter_option") -> str:
+    """The text scored for one option in log-likelihood mode (module docstring)."""
+    return {"letter_option": f"{letter}. {option}", "letter": letter, "option": option}[target]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _continuation_logprobs(graphdef, state, embeds, valid, cont_ids, cont_mask):
     """Teacher-forced log-probabilities of B continuations of one prompt.
@@ -92,7 +97,7 @@ class ModelAnswerer:
         return Prediction(ans.text, tuple(int(i) for i in enc.frame_indices), tuple(float(t) for t in enc.timestamps))
 
     def continuation(self, letter: str, option: str) -> str:
-        return {"letter_option": f"{letter}. {option}", "letter": letter, "option": option}[self.target]
+        return continuation(letter, option, self.target)
 
     def option_loglikelihoods(self, item: EvalItem) -> Prediction:
         qa = self.qa
