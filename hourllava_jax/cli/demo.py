@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from hourllava_jax.demo.config import demo_config
-    from hourllava_jax.demo.run import run_demo  # imports jax: after argument parsing
+    from hourllava_jax.demo.run import DemoInterrupted, run_demo  # imports jax: after argument parsing
 
     cfg = demo_config(quick=args.quick, seed=args.seed, lengths=lengths, long_lengths=long_lengths)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     t0 = time.perf_counter()
-    run_demo(cfg, Path(args.workdir))
+    try:
+        run_demo(cfg, Path(args.workdir))
+    except DemoInterrupted as e:
+        tqdm.write(f"hourllava-demo: {e}")
+        return 143
     tqdm.write(f"\ntotal wall time {time.perf_counter() - t0:.0f} s (load average {os.getloadavg()[0]:.1f})")
     return 0

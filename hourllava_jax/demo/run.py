@@ -48,6 +48,19 @@ def _flag_list(xs: list[str]) -> str:
     return json.dumps([str(x) for x in xs])  # JSON is YAML: the override parser reads it as a list
 
 
+class DemoInterrupted(RuntimeError):
+    """A variant's training stopped before its last step (the trainer saved and returned on SIGTERM)."""
+
+
+def check_trained(name: str, preempted: bool, step: int, num_steps: int) -> None:
+    """Raises :class:`DemoInterrupted` unless the run reached ``num_steps``: a half-trained model
+    must not be exported, scored and reported as the demo's result."""
+    if preempted or step < num_steps:
+        raise DemoInterrupted(f"training of '{name}' stopped at step {step} of {num_steps}"
+                              f"{' (termination signal)' if preempted else ''}; nothing was evaluated. "
+                              "Run the demo again: the data, start checkpoint and features are reused.")
+
+
 def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
     from hourllava_jax.cli.evaluate import run as evaluate
     from hourllava_jax.cli.export import export_workdir
@@ -137,7 +150,9 @@ def run_demo(cfg: DemoConfig, workdir: str | Path) -> dict[str, Any]:
             f"model_overrides={_flag_list([*recipe.model_overrides, f'use_memaug={str(use_memaug).lower()}'])}",
         ]
         out = run_training(cfg.recipe, vdir, overrides)
-        train_info[name] = {**out.last_metrics, "steps": int(jax.device_get(out.state.step)), "load_average": _load()}
+        step = int(jax.device_get(out.state.step))
+        check_trained(name, out.preempted, step, cfg.steps)
+        train_info[name] = {**out.last_metrics, "steps": step, "load_average": _load()}
         stage(f"train {name}", t0)
 
         t0 = time.perf_counter()

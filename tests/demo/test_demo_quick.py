@@ -146,3 +146,22 @@ def test_fold_feature_norm_equals_standardising_the_input(tmp_path: Path) -> Non
     x = rng.normal(size=(3, c)).astype(np.float32) * 3 + 1
     np.testing.assert_allclose(np.asarray(b.projector(jnp.asarray(x))), np.asarray(a.projector(jnp.asarray((x - mean) / std))),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_an_interrupted_training_stops_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The trainer returns after saving on SIGTERM; the demo must not export, score and report that
+    # half-trained model, and the command must exit non-zero.
+    from hourllava_jax.cli import demo as cli
+    from hourllava_jax.demo import run
+
+    run.check_trained("memaug", False, 1500, 1500)
+    with pytest.raises(run.DemoInterrupted, match=r"'memaug' stopped at step 870 of 1500 \(termination signal\)"):
+        run.check_trained("memaug", True, 870, 1500)
+    with pytest.raises(run.DemoInterrupted, match="'control' stopped at step 3 of 30; nothing was evaluated"):
+        run.check_trained("control", False, 3, 30)
+
+    def interrupted(cfg, workdir):
+        run.check_trained("memaug", True, 7, 30)
+
+    monkeypatch.setattr(run, "run_demo", interrupted)
+    assert cli.main(["--quick", "--workdir", str(tmp_path / "w")]) == 143
