@@ -87,6 +87,8 @@ def load(path: str, scale: int) -> dict:
     init_lib._put = measured_put
     params, unused = init_lib.load_params_placed(path, targets, dtype="float32")
     end = _status()
+    if unused or len(params) != len(targets):  # a partial load would measure less than the real one
+        raise SystemExit(f"init_memory: {len(params)}/{len(targets)} parameters loaded, {len(unused)} source tensors unused")
     placed = sum(int(np.prod(t.shape)) * 4 for t in targets.values())
     largest = max(int(np.prod(t.shape)) for t in targets.values())
     anon_peak = max(s["RssAnon"] for s in samples + [end])

@@ -24,7 +24,7 @@ from flax import nnx  # noqa: E402
 from llm_step import CFG, jax_step_fns  # noqa: E402
 from op_profile import profile_jitted, profile_torch  # noqa: E402
 
-from hourllava_jax.config.model import llm_to_hf_config  # noqa: E402
+from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
 from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
 from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402

@@ -92,12 +92,16 @@ def goals(results_dir: Path = RESULTS) -> list[dict]:
     llm = _load(results_dir, "llm_step")
     for r in (llm or {}).get("speedups", []):
         for kind, key in (("forward+backward", "speedup_fwd_bwd_vs_torch"), ("forward", "speedup_forward_vs_torch")):
-            add(f"llm_step {kind} vs transformers, {r['dtype']} L={r['seq']}", ">= 1.2x", r[key],
+            add(f"llm_step {kind} vs transformers, {r['dtype']} L={r['seq']}", ">= 1.2x" if r["dtype"] == "float32" else "reported", r[key],
                 r[key] >= 1.2 if r["dtype"] == "float32" else None, "llm_step.json")
     ts = _load(results_dir, "train_step")
     for r in (ts or {}).get("rows", []):
         if r.get("config") == "hourllava_100m" and r.get("dtype") == "float32":
-            add("~100M Hour-LLaVA train step, fraction of f32 matmul peak (adjacent)", ">= 60%", r["mfu_adjacent"], r["mfu_adjacent"] >= 0.6, "train_step.json")
+            # Against the higher of the script's two peak measurements (its start, right before
+            # the row): a peak that came out low would flatter the step.
+            frac = min(r["mfu"], r.get("mfu_adjacent", r["mfu"]))
+            add("~100M Hour-LLaVA train step, fraction of the f32 matmul peak (the higher of the script's two)", ">= 60%",
+                frac, frac >= 0.6, "train_step.json")
     ct = _load(results_dir, "compile_time")
     if ct is not None:
         x = ct.get("speedup_3b_scan_over_unrolled")

@@ -99,13 +99,17 @@ def load_pretrained(
     compute_dtype: Any = None,
     place: Placer | None = None,
     strict: bool = True,
+    scan_layers: bool | None = None,
 ) -> tuple[Any, nnx.Module]:
     """Loads an HF directory. Returns ``(config, model)``.
 
     ``dtype`` is the parameter dtype (tensors are cast to it; None keeps the checkpoint's
     floating dtype, read from its first tensor); ``compute_dtype`` the activation
     dtype (default: ``dtype``). ``place(path, array)`` places each parameter (e.g. with its
-    sharding; see ``hourllava_jax.parallel``); default: the default device.
+    sharding; see ``hourllava_jax.parallel``); default: the default device. ``scan_layers``
+    (Hour-LLaVA directories): build the model with its layers as scanned stacks (True) or one
+    module per layer (False); None keeps the config's default. The checkpoint's per-layer
+    names serve both layouts.
     """
     with CheckpointReader(path) as reader:
         param_dtype = jnp.dtype(dtype) if dtype is not None else reader.dtype(reader.keys()[0])
@@ -127,6 +131,8 @@ def load_pretrained(
             from hourllava_jax.convert.hour_llava_keys import build_hour_llava, hour_llava_hf_rules
 
             cfg = hour_llava_config_from_hf(hf, keys, reader.shape)
+            if scan_layers is not None:
+                cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
             model = build_hour_llava(cfg, compute, param_dtype)
             rules = hour_llava_hf_rules(cfg)
         tied = getattr(getattr(cfg, "llm", cfg), "tie_word_embeddings", False)

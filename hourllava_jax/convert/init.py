@@ -30,6 +30,12 @@ def _put(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def _scanned(paths: Mapping[ParamPath, Any]) -> bool:
+    """Whether params by path are in the scanned layout: a stack's path runs ``(..., "layers",
+    name, ...)``, a per-layer module's ``(..., "layers", i, ...)`` (model/scan.py)."""
+    return any(a == "layers" and isinstance(b, str) for p in paths for a, b in zip(p, p[1:]))
+
+
 def load_params_placed(
     source: str | Path, targets: Mapping[ParamPath, jax.ShapeDtypeStruct], *, dtype: Any
 ) -> tuple[dict[ParamPath, jax.Array], list[str]]:
@@ -39,6 +45,8 @@ def load_params_placed(
 
     The directory must hold an Hour-LLaVA model (``hourllava-convert compose`` output or a
     published checkpoint); a shape mismatch is an error naming the parameter and both shapes.
+    The source is read in the targets' layout, per-layer or scanned stacks (``scan_layers``,
+    the 3B/7B presets' default): its per-layer tensors fill the stacks slice by slice.
     """
     config = Path(source) / "config.json"
     try:
@@ -63,5 +71,5 @@ def load_params_placed(
         loaded[path] = _put(x.astype(target.dtype, copy=False), target.sharding)
         return loaded[path]
 
-    load_pretrained(source, dtype=dtype, place=place)
+    load_pretrained(source, dtype=dtype, place=place, scan_layers=_scanned(targets))
     return loaded, unused

@@ -58,6 +58,27 @@ def test_placed_on_target_shardings_bitwise(dirs):
         assert np.array_equal(np.asarray(x), want[".".join(map(str, p))])
 
 
+def test_scanned_targets_take_the_per_layer_checkpoint(dirs):
+    # The 3B/7B presets scan their layers: init.from must fill every stack from the per-layer
+    # names (a per-layer read would match none of the stacked paths and leave them fresh).
+    d, cfg, _, want = dirs
+    scfg = dataclasses.replace(cfg, scan_layers=True)
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    targets = _targets(scfg, mesh)
+    stacks = [p for p in targets if "layers" in p]
+    assert stacks and all(not isinstance(p[p.index("layers") + 1], int) for p in stacks)
+    loaded, unused = load_params_placed(d / "with", targets, dtype="float32")
+    assert set(loaded) == set(targets) and unused == []
+    for p, x in loaded.items():
+        if p in stacks:
+            i = p.index("layers")
+            for layer in range(x.shape[0]):
+                key = ".".join(map(str, p[: i + 1] + (layer,) + p[i + 1:]))
+                assert np.array_equal(np.asarray(x[layer]), want[key]), key
+        else:
+            assert np.array_equal(np.asarray(x), want[".".join(map(str, p))])
+
+
 def test_absent_modules_on_either_side(dirs, capsys):
     d, cfg, no_cfg, _ = dirs
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
