@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from hourllava_jax.config.base import ConfigError, apply_overrides
 from hourllava_jax.convert.mapping import ConversionError
@@ -72,9 +73,9 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
                                   cfg=pcfg, image_size=vision.image_size, meta_cache=d.meta_cache or None,
                                   shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True))
 
-    def pipeline(records: list[str], cache: str | None):
+    def pipeline(records: list[str], cache: str | None, seed: int = d.seed):
         return make_feature_pipeline(
-            RecordSource(records), tokenizer_dir=d.tokenizer, memory=mcfg.memory, cfg=pcfg,
+            RecordSource(records), tokenizer_dir=d.tokenizer, memory=mcfg.memory, cfg=dataclasses.replace(pcfg, seed=seed),
             store_dir=None if raw else d.feature_store, video_root=d.video_root if raw else None,
             image_size=vision.image_size if raw or d.image_root else None, image_root=d.image_root or None,
             image_tokens_per_side=vision.image_size // vision.patch_size if d.image_root else None,
@@ -84,9 +85,16 @@ def build_data(cfg: TrainConfig, process_index: int, process_count: int):
 
     if not d.record_weights:
         return pipeline(list(d.records), d.meta_cache or None)
-    # One pipeline per record file (each with its own metadata cache), mixed batch by batch.
-    parts = [pipeline([r], f"{d.meta_cache}.{i}" if d.meta_cache else None) for i, r in enumerate(d.records)]
+    # One pipeline per record file (each with its own metadata cache and its own seed, so that
+    # their shuffles and random forgetting draws are not the same), mixed batch by batch.
+    parts = [pipeline([r], f"{d.meta_cache}.{i}" if d.meta_cache else None, component_seed(d.seed, i))
+             for i, r in enumerate(d.records)]
     return mix_pipelines(parts, list(d.record_weights))
+
+
+def component_seed(seed: int, index: int) -> int:
+    """The data seed of record file ``index`` in a ``record_weights`` mixture (uint32, stable)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def load_hf_params(source: str, targets: Targets, dtype: str) -> LoadedParams:
