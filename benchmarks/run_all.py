@@ -32,6 +32,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
                                               "--run-max-frames", "128"]),
     "memaug_real_hour": ("memaug_scaling", ["--real-frames", "3600"], ["--real-frames", "128"]),
     "train_step": ("train_step", [], ["--quick"]),
+    "bf16_dot": ("bf16_dot", [], ["--seq", "256"]),
     "compile_time": ("compile_time", [], ["--frames", "128", "--runs", "3b:scan"]),
     "decode": ("decode", [], ["--minutes", "3"]),  # >= 128 s so the 1-FPS stride rule applies
     "pipeline": ("pipeline", [], ["--videos", "12"]),
