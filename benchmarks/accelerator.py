@@ -397,15 +397,6 @@ def part_blocks(p: Part) -> None:
     p.data["best"] = best
 
 
-def memaug_flops(lq: int, lk: int, h: int, heads: int, kv: int, depth: int) -> float:
-    """Matmul FLOPs of a MemAug forward (2 per multiply-add), as benchmarks/memaug_scaling.py."""
-    d = h // heads
-    self_attn = 2 * lq * h * (heads + 2 * kv) * d + 4 * lq * lq * h + 2 * lq * h * h
-    cross = 2 * lq * h * h + 2 * lk * h * 2 * kv * d + 4 * lq * lk * h + 2 * lq * h * h
-    mlp = 2 * 2 * lq * h * 4 * h
-    return float(depth * (self_attn + cross + mlp))
-
-
 def part_memaug(p: Part) -> None:
     import jax
     import jax.numpy as jnp
@@ -415,6 +406,7 @@ def part_memaug(p: Part) -> None:
     from hourllava_jax.kernels import default_impl
     from hourllava_jax.model.memaug import MemAug, MemAugDims
     from hourllava_jax.memory.reference import build_video_memory
+    from memaug_scaling import memaug_flops  # benchmarks/memaug_scaling.py: one FLOP count for both scripts
 
     if p.dry:
         frames, hidden, heads, kv, depth, mem_cfg = 24, 64, 4, 2, 1, MemoryConfig(pool_size=4, min_frames=16)
@@ -494,40 +486,6 @@ def _path(p) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
 
 
-def train_flops(mcfg, params, shapes: dict) -> dict:
-    """Analytic forward FLOPs of one Hour-LLaVA step (benchmarks/train_step.py's model): every
-    matmul weight x the tokens it is applied to (projector on frame tokens, MemAug K/V on memory
-    slots, the rest on the LLM/query length), plus attention scores; train = 3x forward."""
-    import jax
-    import numpy as np
-
-    b, u, pp = shapes["features"][:3]
-    m = shapes["memory_src"][1]
-    k, n = shapes["decayed"][1:]
-    length = min(mcfg.max_length, shapes["input_ids"][1] + k * n)
-    llm = mcfg.llm
-    fwd = {"projector": 0.0, "memaug": 0.0, "llm": 0.0, "attention": 0.0}
-    for path, v in jax.tree_util.tree_leaves_with_path(params):
-        s = _path(path)
-        if len(v.shape) < 2 or s.startswith("vision_tower") or "embed_tokens" in s:
-            continue
-        size = int(np.prod(v.shape))
-        if s.startswith("projector"):
-            fwd["projector"] += 2 * size * b * u * pp
-        elif s.startswith("memaug"):
-            fwd["memaug"] += 2 * size * b * (m if "cross_attn/Wkv" in s else length)
-        elif s.startswith("llm"):
-            fwd["llm"] += 2 * size * b * length
-    if llm.tie_word_embeddings:
-        fwd["llm"] += 2 * llm.vocab_size * llm.hidden_size * b * length
-    h = llm.hidden_size
-    depth = mcfg.memaug.depth if mcfg.use_memaug else 0
-    fwd["attention"] += depth * 4 * b * h * (length * length + length * m)
-    fwd["attention"] += llm.num_hidden_layers * 4 * b * llm.num_attention_heads * llm.kv_head_dim * length * (length + 1) / 2
-    total = sum(fwd.values())
-    return {"forward": total, "train": 3 * total, "llm_length": length, **{f"forward_{k}": v for k, v in fwd.items()}}
-
-
 def part_train_step(p: Part, *, model_set: list[str]) -> None:
     import jax
     import jax.numpy as jnp
@@ -542,6 +500,7 @@ def part_train_step(p: Part, *, model_set: list[str]) -> None:
     from hourllava_jax.train.optimizer import trainable_mask
     from hourllava_jax.train.state import create_train_state, materialise_rest
     from hourllava_jax.train.step import compile_step, make_train_step
+    from train_step import model_flops  # benchmarks/train_step.py: one FLOP count for both scripts
 
     frames, text_len, steps = (24, 64, 1) if p.dry else (3600, 256, 3)
     overrides = ["global_batch_size=1", "grad_accum_steps=1", "num_steps=1", "mesh={data: 1}", "tensorboard=false", "remat=full",
@@ -573,7 +532,8 @@ def part_train_step(p: Part, *, model_set: list[str]) -> None:
             leaves = jax.tree.leaves(state.params)
             n_params = sum(int(np.prod(x.shape)) for x in leaves)
             n_trained = sum(int(np.prod(x.shape)) for x, t in zip(leaves, jax.tree.leaves(mask)) if t)
-            fl = train_flops(mcfg, state.params, {k: v.shape for k, v in host.items()})
+            shapes = {k: v.shape for k, v in host.items()}
+            fl = model_flops(mcfg, state.params, shapes["features"][0], shapes)  # train_step.py's count
             batch = distributed.global_batch(host, mesh)
             t0 = time.perf_counter()
             state, metrics = compiled(state, batch)
