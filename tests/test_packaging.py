@@ -73,3 +73,11 @@ def test_launch_wrappers_are_thin():
     assert "from hourllava_jax.cli.synth import main" in text
     code = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", '"""', "import", "from"))]
     assert len(code) <= 4, code
+
+
+def test_requirements_txt_is_the_locked_package_install():
+    """``pip install -r requirements.txt`` installs this package under the CI locks: no second list
+    of dependencies that could drift from pyproject.toml."""
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines == ["-c constraints.txt", "-e ."], lines
