@@ -172,10 +172,11 @@ def lm_loss_terms(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.
     """Per-row next-token cross-entropy (design §4): logits float[B, L, V] at the LLM's input
     positions, labels int32[B, L] (-100 ignored; the logit at t predicts the label at t+1) ->
     (summed cross-entropy float32[B], supervised token count float32[B])."""
-    lg = logits[:, :-1].astype(jnp.float32)
-    tgt = labels[:, 1:]
+    # The labels move left instead of the logits: slicing logits[:, :-1] copies the whole [B, L, V]
+    # tensor (and pads its gradient back), 5.4 GB at 9k tokens x 152k vocabulary in f32.
+    tgt = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
     valid = tgt != IGNORE_INDEX
-    ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.where(valid, tgt, 0))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, tgt, 0))
     return jnp.sum(jnp.where(valid, ce, 0.0), axis=-1), valid.sum(-1).astype(jnp.float32)
 
 
