@@ -37,6 +37,7 @@ from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
 from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
 from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
 
 CFG = LLMConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                 num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0, bos_token_id=None)  # fmt: skip
@@ -151,6 +152,8 @@ def run_dtype(args, dtype, hf, tensors, n_total: int, n_matmul: int) -> list[dic
 
 
 def main() -> None:
+    # The trainer's CPU heap settings; torch allocates through the same glibc heap in this process.
+    heap_kept = keep_heap_for_cpu()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, nargs="+", default=[256, 512, 1024, 2048])
@@ -179,6 +182,7 @@ def main() -> None:
     goals = [{k: r[k] for k in ("dtype", "seq", "framework", "speedup_forward_vs_torch", "speedup_fwd_bwd_vs_torch")} for r in rows
              if "speedup_fwd_bwd_vs_torch" in r]  # fmt: skip
     out = {
+        "host_heap_kept": heap_kept,
         "what": "Qwen2 ~100M step on CPU: hourllava_jax vs transformers (same weights, fp32 params), per length and dtype",
         "goal": "speedup_*_vs_torch >= 1.2 at every length 256..2048 (fp32); bf16 = JAX bf16 compute vs torch autocast",
         "config": {k: getattr(CFG, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

@@ -59,6 +59,7 @@ from peak import measure_matmul_peak  # noqa: E402
 
 from hourllava_jax.data.collate import Sample, collate  # noqa: E402
 from hourllava_jax.memory.layout import video_layout  # noqa: E402
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
 from hourllava_jax.parallel.mesh import make_mesh  # noqa: E402
 from hourllava_jax.parallel.rules import use_rules  # noqa: E402
 from hourllava_jax.train import distributed  # noqa: E402
@@ -267,6 +268,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    # The heap settings the trainer applies on CPU (parallel/host_heap.py).
+    heap_kept = keep_heap_for_cpu()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny config only, fewer steps (benchmarks/run_all.py --quick)")
     ap.add_argument("--configs", default=None, help="comma-separated subset of " + ",".join(CONFIGS))
@@ -293,6 +296,7 @@ def main() -> None:
                   f"MFU {row['mfu']:.1%} (xla flops/model flops {row['flops_xla_over_model']:.2f}), loss {row['loss']:.3f}", flush=True)
             rows.append(row)
     out = {
+        "host_heap_kept": heap_kept,
         "what": "Full Hour-LLaVA train step (launch/train.py model + train/step.py compiled step, AdamW, fp32 masters) on CPU",
         "mode": "quick" if args.quick else "full",
         "flops_basis": "mfu uses flops_model (analytic 3x forward: 2·N·tokens per token stream + attention scores); "

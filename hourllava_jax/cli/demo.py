@@ -28,6 +28,8 @@ import os
 import time
 from pathlib import Path
 
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu
+
 
 def _lengths(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_heap_for_cpu()
     args = parse_args(argv)
     lengths, long_lengths = _lengths(args.lengths), _lengths(args.long_lengths)
     if not lengths or min(lengths) < 16:

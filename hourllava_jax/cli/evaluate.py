@@ -23,6 +23,7 @@ from typing import Any
 from hourllava_jax.eval import report, runner, sharding, tasks
 from hourllava_jax.eval.items import MISSING_FILE, EvalItem, Prediction, Problem
 from hourllava_jax.eval.prompt import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, STYLES
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu
 
 EXIT_BAD_INPUT = 2
 
@@ -166,6 +167,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script (``hourllava-eval``, ``launch/evaluate.py``): :func:`run` with an exit
     status (0; a failure exits non-zero with its reason) instead of the report."""
+    keep_heap_for_cpu()
     run(argv)
     return 0
 

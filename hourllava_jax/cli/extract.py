@@ -27,6 +27,7 @@ from hourllava_jax.data.extract import build_encoder, extract_features
 from hourllava_jax.data.frames import DEFAULT_MIN_FRAMES
 from hourllava_jax.data.records import load_records
 from hourllava_jax.data.video import DEFAULT_TIMEOUT_S
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu
 
 
 def default_process() -> tuple[int, int]:
@@ -88,6 +89,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: 0 on success (bad videos are counted, not failures)."""
+    keep_heap_for_cpu()
     run(argv)
     return 0
 

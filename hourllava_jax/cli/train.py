@@ -26,6 +26,7 @@ import numpy as np
 
 from hourllava_jax.config.base import ConfigError, apply_overrides
 from hourllava_jax.convert.mapping import ConversionError
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu
 from hourllava_jax.train.config import TrainConfig, load_train_config, model_config
 from hourllava_jax.train.loop import DataFactory, TrainResult
 from hourllava_jax.train.state import ModelFactory
@@ -204,6 +205,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None, builders: Builders | None = None) -> int:
+    keep_heap_for_cpu()
     args = parse_args(argv)
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)

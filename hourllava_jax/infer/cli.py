@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hourllava-answer", description=__doc__.split("\n")[0])
@@ -41,6 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_heap_for_cpu()
     a = parse_args(argv)
     from hourllava_jax.data.errors import DataError
     from hourllava_jax.infer.pipeline import VideoQA
