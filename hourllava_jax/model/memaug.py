@@ -25,6 +25,7 @@ from flax import nnx
 
 from hourllava_jax.config import HourLlavaConfig, MemAugConfig
 from hourllava_jax.kernels import BlockSizes, attention
+from hourllava_jax.model.dense import Dense
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.model.scan import scan_layers, stack_layers
@@ -67,9 +68,9 @@ class MemAugDims:
             raise ValueError(f"MemAug: rotary dim {self.rotary_dim} must be even and within head_dim {self.head_dim}")
 
 
-def _linear(din: int, dout: int, axes: tuple, std: float, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Linear:
+def _linear(din: int, dout: int, axes: tuple, std: float, rngs: nnx.Rngs, dtype, param_dtype) -> Dense:
     """Linear with bias, weights N(0, std), bias 0 (design §1.3 init)."""
-    return nnx.Linear(din, dout, use_bias=True, dtype=dtype, param_dtype=param_dtype,
+    return Dense(din, dout, use_bias=True, dtype=dtype, param_dtype=param_dtype,
                       kernel_init=param_init(nnx.initializers.normal(std), axes),
                       bias_init=param_init(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
 

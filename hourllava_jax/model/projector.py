@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hourllava_jax.model.dense import Dense
 from hourllava_jax.parallel.axes import EMBED, MLP, param_init
 
 
@@ -20,8 +21,8 @@ class Projector(nnx.Module):
     """features float[..., in_dim] -> float[..., hidden]."""
 
     def __init__(self, in_dim: int, hidden: int, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        def linear(din: int, dout: int, axes: tuple[str, str]) -> nnx.Linear:
-            return nnx.Linear(
+        def linear(din: int, dout: int, axes: tuple[str, str]) -> Dense:
+            return Dense(
                 din, dout, dtype=dtype, param_dtype=param_dtype,
                 kernel_init=param_init(nnx.initializers.lecun_normal(), axes),
                 bias_init=param_init(nnx.initializers.zeros_init(), (axes[1],)),

@@ -14,13 +14,15 @@ from flax import nnx
 
 from hourllava_jax.config.model import LLMConfig
 from hourllava_jax.kernels import BlockSizes, attention
+from hourllava_jax.model.dense import Dense
 from hourllava_jax.model.kv_cache import KVCache
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
 from hourllava_jax.model.scan import layer_at, scan_layers, stack_layers
 from hourllava_jax.parallel.axes import EMBED, HEADS, KV_HEADS, MLP, NORM, VOCAB, param_init
 
-_W_INIT = nnx.initializers.normal(0.02)  # HF Qwen2 initializer_range; checkpoints overwrite it
+QWEN2_INIT_STD = 0.02  # HF Qwen2 initializer_range; checkpoints overwrite it
+_W_INIT = nnx.initializers.normal(QWEN2_INIT_STD)
 
 
 class RMSNorm(nnx.Module):
@@ -37,8 +39,8 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
 
 
-def _linear(din: int, dout: int, axes: tuple[str, str], *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
+def _linear(din: int, dout: int, axes: tuple[str, str], *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs) -> Dense:
+    return Dense(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
                       kernel_init=param_init(_W_INIT, axes), bias_init=param_init(nnx.initializers.zeros, axes[1:]), rngs=rngs)  # fmt: skip
 
 

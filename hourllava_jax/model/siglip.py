@@ -18,6 +18,7 @@ from flax import nnx
 
 from hourllava_jax.config.model import VisionConfig
 from hourllava_jax.kernels import BlockSizes, attention
+from hourllava_jax.model.dense import Dense
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.scan import scan_layers, stack_layers
 from hourllava_jax.parallel.axes import CONV, EMBED, HEADS, MLP, NORM, param_init
@@ -25,9 +26,9 @@ from hourllava_jax.parallel.axes import CONV, EMBED, HEADS, MLP, NORM, param_ini
 Dtype = Any
 
 
-def _linear(din: int, dout: int, axes: tuple[str, str], *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(din: int, dout: int, axes: tuple[str, str], *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> Dense:
     """Linear with bias; kernel float[din, dout] carries ``axes``, bias the output axis."""
-    return nnx.Linear(
+    return Dense(
         din, dout, dtype=dtype, param_dtype=param_dtype,
         kernel_init=param_init(nnx.initializers.lecun_normal(), axes),
         bias_init=param_init(nnx.initializers.zeros_init(), (axes[1],)),
