@@ -28,7 +28,7 @@ class DemoConfig:
     train: SplitSpec
     held_out: SplitSpec
     long_held_out: SplitSpec | None
-    steps: int = 1500
+    steps: int = 600
     batch_size: int = 16
     spliced_samples: int = 6000
     # Longer haystacks in training (concatenated training videos): without them the model meets

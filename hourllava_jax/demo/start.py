@@ -3,7 +3,9 @@ into the stage-1 start exactly as ``hourllava-convert compose`` does for the rea
 
 There are no public tiny weights (and no network), so the demo writes its own: a randomly
 initialised SigLIP with one layer more than the tiny preset uses (compose drops the last layer,
-as the release does, design §1.1) and a Qwen2 with the tiny preset's shapes. ``fold_feature_norm``
+as the release does, design §1.1) and a Qwen2 with the tiny preset's shapes, its matrices drawn
+at std ``1 / sqrt(hidden)`` (:func:`standin_llm`) instead of the 0.02 that Qwen2 checkpoints are
+initialised with for widths of 896 and more. ``fold_feature_norm``
 then standardises the frozen tower's features per channel inside the projector's first Linear:
 the random tower's outputs share a large common offset, and this data-dependent
 re-initialisation of one layer speeds up learning (docs/demo.md) while the checkpoint stays an
@@ -18,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from hourllava_jax.config import HourLlavaConfig
+from hourllava_jax.config import HourLlavaConfig, LLMConfig
 from hourllava_jax.convert import load_pretrained, save_pretrained
 from hourllava_jax.convert.cli import compose
-from hourllava_jax.model.qwen2 import Qwen2
+from hourllava_jax.model.qwen2 import QWEN2_INIT_STD, Qwen2
 from hourllava_jax.model.siglip import SiglipVisionTower
 
 
@@ -33,8 +35,23 @@ def pretrained_dirs(root: str | Path, cfg: HourLlavaConfig, seed: int) -> tuple[
         vcfg = dataclasses.replace(cfg.vision, num_hidden_layers=cfg.vision.num_used_layers + 1, feature_layer=-2)
         save_pretrained(SiglipVisionTower(vcfg, rngs=nnx.Rngs(seed)), vcfg, vision, overwrite=True)
     if not (llm / "config.json").is_file():
-        save_pretrained(Qwen2(cfg.llm, rngs=nnx.Rngs(seed + 1)), cfg.llm, llm, overwrite=True)
+        save_pretrained(standin_llm(cfg.llm, seed + 1), cfg.llm, llm, overwrite=True)
     return vision, llm
+
+
+def standin_llm(cfg: LLMConfig, seed: int) -> Qwen2:
+    """A random Qwen2 whose weight matrices and embedding have std ``1 / sqrt(hidden)``.
+
+    Qwen2's init std of 0.02 is ``~1 / sqrt(hidden)`` at the widths it was made for; at the tiny
+    width (64) it leaves every attention uniform, and the LLM then learns so slowly that in 1,500
+    demo steps it never even learned that ``red`` follows ``A.`` in the answer (docs/demo.md).
+    Norm weights (ones) and biases (zeros) are as initialised."""
+    model = Qwen2(cfg, rngs=nnx.Rngs(seed))
+    scale = (1.0 / np.sqrt(cfg.hidden_size)) / QWEN2_INIT_STD
+    for _, param in nnx.iter_graph(model):
+        if isinstance(param, nnx.Param) and param.value.ndim == 2:
+            param.set_value(param.value * scale)
+    return model
 
 
 def composed(root: str | Path, cfg: HourLlavaConfig, seed: int) -> Path:

@@ -148,6 +148,31 @@ def test_fold_feature_norm_equals_standardising_the_input(tmp_path: Path) -> Non
                                rtol=1e-5, atol=1e-5)
 
 
+def test_standin_llm_draws_its_matrices_at_one_over_sqrt_width() -> None:
+    """The demo's random Qwen2: every matrix (embedding included) at std 1/sqrt(hidden), the same
+    draw as the model's init scaled; norms stay ones and biases zeros."""
+    from flax import nnx
+
+    from hourllava_jax.config import load_model_config
+    from hourllava_jax.demo.start import standin_llm
+    from hourllava_jax.model.qwen2 import QWEN2_INIT_STD, Qwen2
+
+    cfg = load_model_config("tiny").llm
+    scaled, plain = nnx.to_pure_dict(nnx.state(standin_llm(cfg, 3), nnx.Param)), nnx.to_pure_dict(nnx.state(Qwen2(cfg, rngs=nnx.Rngs(3)), nnx.Param))
+    flat = lambda d, p=(): [(p, d)] if not isinstance(d, dict) else [x for k, v in d.items() for x in flat(v, p + (k,))]  # noqa: E731
+    want = 1 / np.sqrt(cfg.hidden_size)
+    mats = 0
+    for (path, a), (_, b) in zip(flat(scaled), flat(plain), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim == 2:
+            mats += 1
+            np.testing.assert_allclose(a, b * (want / QWEN2_INIT_STD), rtol=1e-6, err_msg=str(path))
+            assert abs(a.std() / want - 1) < 0.1, (path, a.std())
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=str(path))
+    assert mats == 1 + 7 * cfg.num_hidden_layers  # embedding + q, k, v, o, gate, up, down per layer
+
+
 def test_an_interrupted_training_stops_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The trainer returns after saving on SIGTERM; the demo must not export, score and report that
     # half-trained model, and the command must exit non-zero.
