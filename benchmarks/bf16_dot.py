@@ -5,7 +5,8 @@
 Times, in one process, the forward matmul of one ``[L, H] x [H, F]`` layer and the two
 contractions of its backward (``dW = x^T dy``, ``dx = dy W^T``) in f32, in bf16 with a bf16
 result, and in bf16 with an f32 result (``preferred_element_type``: what the matmul peak in
-``peak.py`` measures), plus ``nnx.Linear`` (f32 params, ``dtype`` compute) forward and gradient.
+``peak.py`` measures), plus ``nnx.Linear`` and the model's ``Dense`` (f32 params, ``dtype`` compute; ``Dense`` asks for
+an f32 result) forward and gradient.
 GFLOP/s are against the bf16 and f32 peaks measured at the start (docs/performance.md).
 """
 
@@ -21,8 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak import best_time, measure_matmul_peak  # noqa: E402
+
+from hourllava_jax.model.dense import Dense  # noqa: E402
 
 
 def _rate(flops: float, fn, *args) -> float:
@@ -44,14 +48,14 @@ def measure(seq: int, hidden: int, ffn: int) -> list[dict]:
         dx = jax.jit(lambda dy, w, out=out: jnp.einsum("lf,hf->lh", dy, w, preferred_element_type=out))
         rows.append({"op": "matmul", "variant": name, "forward_gflops": _rate(flops, fwd, x, w),
                      "dW_gflops": _rate(flops, dw, x, dy), "dx_gflops": _rate(flops, dx, dy, w)})
-    for dt in (f32, jnp.bfloat16):
-        lin = nnx.Linear(hidden, ffn, dtype=dt, param_dtype=f32, rngs=nnx.Rngs(0))
-        graph, params = nnx.split(lin)
-        x = jax.random.normal(ks[0], (1, seq, hidden), dt)
-        fwd = jax.jit(lambda p, x: nnx.merge(graph, p)(x))
-        grad = jax.jit(jax.grad(lambda p, x: jnp.sum(nnx.merge(graph, p)(x).astype(f32)), argnums=(0, 1)))
-        rows.append({"op": "nnx.Linear (f32 params)", "variant": jnp.dtype(dt).name, "forward_gflops": _rate(flops, fwd, params, x),
-                     "grad_gflops": _rate(2 * flops, grad, params, x)})
+    for layer, op in ((nnx.Linear, "nnx.Linear (f32 params)"), (Dense, "model Dense (f32 params, f32 result)")):
+        for dt in (f32, jnp.bfloat16):
+            graph, params = nnx.split(layer(hidden, ffn, dtype=dt, param_dtype=f32, rngs=nnx.Rngs(0)))
+            x = jax.random.normal(ks[0], (1, seq, hidden), dt)
+            fwd = jax.jit(lambda p, x, graph=graph: nnx.merge(graph, p)(x))
+            grad = jax.jit(jax.grad(lambda p, x, graph=graph: jnp.sum(nnx.merge(graph, p)(x).astype(f32)), argnums=(0, 1)))
+            rows.append({"op": op, "variant": jnp.dtype(dt).name, "forward_gflops": _rate(flops, fwd, params, x),
+                         "grad_gflops": _rate(2 * flops, grad, params, x)})
     return rows
 
 
