@@ -5,8 +5,8 @@
 Times, in one process, the forward matmul of one ``[L, H] x [H, F]`` layer and the two
 contractions of its backward (``dW = x^T dy``, ``dx = dy W^T``) in f32, in bf16 with a bf16
 result, and in bf16 with an f32 result (``preferred_element_type``: what the matmul peak in
-``peak.py`` measures), plus ``nnx.Linear`` and the model's ``Dense`` (f32 params, ``dtype`` compute; ``Dense`` asks for
-an f32 result) forward and gradient.
+``peak.py`` measures), plus ``nnx.Linear`` and the model's ``Dense`` (f32 params, ``dtype``
+compute; ``Dense`` asks for an f32 result) forward and gradient.
 GFLOP/s are against the bf16 and f32 peaks measured at the start (docs/performance.md).
 """
 

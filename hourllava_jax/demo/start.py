@@ -49,8 +49,8 @@ def standin_llm(cfg: LLMConfig, seed: int) -> Qwen2:
     model = Qwen2(cfg, rngs=nnx.Rngs(seed))
     scale = (1.0 / np.sqrt(cfg.hidden_size)) / QWEN2_INIT_STD
     for _, param in nnx.iter_graph(model):
-        if isinstance(param, nnx.Param) and param.value.ndim == 2:
-            param.set_value(param.value * scale)
+        if isinstance(param, nnx.Param) and param[...].ndim == 2:
+            param.set_value(param[...] * scale)
     return model
 
 

@@ -21,6 +21,6 @@ class Dense(nnx.Linear):
     def __init__(self, in_features: int, out_features: int, **kwargs):
         super().__init__(in_features, out_features, preferred_element_type=jnp.float32, **kwargs)
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        y = super().__call__(inputs)
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        y = super().__call__(inputs, out_sharding=out_sharding)
         return y if self.dtype is None else y.astype(self.dtype)
