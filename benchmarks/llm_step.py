@@ -36,6 +36,7 @@ from hourllava_jax.config.model import LLMConfig  # noqa: E402
 from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
 from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
+from hourllava_jax.model.hour_llava import lm_loss  # noqa: E402
 from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402
 from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
 
@@ -82,27 +83,20 @@ def time_torch(hf, ids_np, repeats: int, bf16: bool) -> dict:
 
 
 def jax_step_fns(model: Qwen2):
-    """(params, jitted forward(params, ids) -> logits, jitted value_and_grad of the mean next-token CE)."""
+    """(params, jitted forward(params, ids) -> logits, jitted value_and_grad of the training loss).
+
+    The loss is the trainer's own (``model.hour_llava.lm_loss``: mean next-token cross-entropy,
+    labels shifted rather than logits sliced), the quantity transformers' ``labels=`` computes.
+    """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(params, ids):
-        logits = nnx.merge(graphdef, params, rest)(ids)[:, :-1]
+        logits = nnx.merge(graphdef, params, rest)(ids)
         with jax.named_scope("cross_entropy"):
-            return next_token_ce(logits, ids[:, 1:])
+            return lm_loss(logits, ids)[0]
 
     fwd = jax.jit(lambda p, ids: nnx.merge(graphdef, p, rest)(ids))
     return params, fwd, jax.jit(jax.value_and_grad(loss_fn))
-
-
-def next_token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean CE of float[B, L, V] logits against int[B, L] targets, in fp32 like torch's loss.
-
-    logsumexp minus the target's logit: its gradient is softmax - onehot in one fused pass,
-    where log_softmax + take_along_axis adds a [B, L, V] log-prob tensor and a scatter.
-    """
-    logits = logits.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
 
 
 def time_jax(model: Qwen2, ids_np, repeats: int) -> dict:

@@ -33,14 +33,15 @@ class BlockSizes:
         return None if pair is None else cls(block_q=int(pair[0]), block_k=int(pair[1]))
 
 
-# Why these defaults: chunked tiles of 128 x 256 let causal attention skip the key tiles above the
-# diagonal (with 1024-key tiles a 1k-token causal step computed the full square) and keep the
-# f32 score tile of all heads ([H, 128, 256]: 2 MB at 16 heads) near a CPU core's L2; the softmax
-# passes over it cost as much as its matmuls. docs/performance.md has the sweep. TPU tiles of 512 fill the 128x128 MXU with few grid steps and fit
+# Why these defaults: chunked tiles of 256 x 256 let causal attention skip the key tiles above the
+# diagonal (with 1024-key tiles a 1k-token causal step computed the full square) while keeping the
+# per-tile loop overhead and the softmax passes over the f32 score tile ([H, 256, 256]) small
+# against the tile's matmuls; docs/performance.md has the sweeps (an earlier one, on a loaded
+# machine, had picked 128 x 256; the later idle sweeps put 256 x 256 ahead). TPU tiles of 512 fill the 128x128 MXU with few grid steps and fit
 # v5e's 16 MB scoped VMEM (q, k, v, o tiles + f32 scratch, double-buffered, ~3 MB at D=128);
 # GPU tiles of 64 are the Triton flash-attention sweet spot for D=128 with 4 warps.
 DEFAULTS = {
-    "chunked": BlockSizes(block_q=128, block_k=256),
+    "chunked": BlockSizes(block_q=256, block_k=256),
     "pallas_tpu": BlockSizes(block_q=512, block_k=512),
     "pallas_gpu": BlockSizes(block_q=64, block_k=64),
 }

@@ -14,7 +14,7 @@ from flax import nnx
 
 from hourllava_jax.config.model import LLMConfig
 from hourllava_jax.kernels import BlockSizes, attention
-from hourllava_jax.model.dense import Dense
+from hourllava_jax.model.dense import Dense, matmul
 from hourllava_jax.model.kv_cache import KVCache
 from hourllava_jax.model.remat import normalize_remat, remat_call
 from hourllava_jax.model.rope import apply_rope, rope_cos_sin
@@ -156,7 +156,9 @@ class Qwen2(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float[..., H] final-normed hidden -> float[..., V] (tied: hidden @ embed_tokens.T)."""
         if self.cfg.tie_word_embeddings:
-            return self.embed_tokens.attend(hidden)
+            # embed_tokens.attend, through the model's matmul (an f32 result, a CPU-friendly backward).
+            dtype = jnp.dtype(self.dtype)
+            return matmul(hidden, self.embed_tokens.embedding[...], dtype, True).astype(dtype)
         return self.lm_head(hidden)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:

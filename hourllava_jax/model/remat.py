@@ -22,6 +22,8 @@ from typing import Any
 import jax
 from flax import nnx
 
+from hourllava_jax.model.dense import MATMUL_RESULT
+
 REMAT_NAMES: tuple[str, ...] = ("none", "full", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 Policy = Callable[..., bool]
@@ -36,6 +38,19 @@ def normalize_remat(remat: str | bool) -> str:
     return remat
 
 
+def _with_matmul_results(policy: Policy) -> Policy:
+    # The model's matmuls are custom-VJP calls (model/dense.py) that a dot policy cannot see
+    # into; their results carry a name, saved alongside (they have no batch dimensions).
+    policies = jax.checkpoint_policies
+    return policies.save_from_both_policies(policy, policies.save_only_these_names(MATMUL_RESULT))
+
+
+# One object per name: a layer's policy is compared by identity (tests, jaxpr inspection).
+_DOT_POLICIES: dict[str, Policy] = {
+    name: _with_matmul_results(getattr(jax.checkpoint_policies, name)) for name in ("dots_saveable", "dots_with_no_batch_dims_saveable")
+}
+
+
 def remat_policy(name: str | bool) -> Policy | None:
     """The ``jax.checkpoint`` policy of ``name``; ``None`` for ``"none"`` (do not checkpoint)."""
     name = normalize_remat(name)
@@ -43,7 +58,7 @@ def remat_policy(name: str | bool) -> Policy | None:
         return None
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
-    return getattr(jax.checkpoint_policies, name)
+    return _DOT_POLICIES[name]
 
 
 def remat_call(name: str | bool, module: nnx.Module, fn: Callable[..., Any], *args: Any) -> Any:
