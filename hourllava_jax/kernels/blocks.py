@@ -37,9 +37,10 @@ class BlockSizes:
 # diagonal (with 1024-key tiles a 1k-token causal step computed the full square) while keeping the
 # per-tile loop overhead and the softmax passes over the f32 score tile ([H, 256, 256]) small
 # against the tile's matmuls; docs/performance.md has the sweeps (an earlier one, on a loaded
-# machine, had picked 128 x 256; the later idle sweeps put 256 x 256 ahead). TPU tiles of 512 fill the 128x128 MXU with few grid steps and fit
-# v5e's 16 MB scoped VMEM (q, k, v, o tiles + f32 scratch, double-buffered, ~3 MB at D=128);
-# GPU tiles of 64 are the Triton flash-attention sweet spot for D=128 with 4 warps.
+# machine, had picked 128 x 256; the later idle sweeps put 256 x 256 ahead). TPU tiles of 512
+# fill the 128x128 MXU with few grid steps and fit v5e's 16 MB scoped VMEM (q, k, v, o tiles +
+# f32 scratch, double-buffered, ~3 MB at D=128); GPU tiles of 64 are the Triton
+# flash-attention sweet spot for D=128 with 4 warps.
 DEFAULTS = {
     "chunked": BlockSizes(block_q=256, block_k=256),
     "pallas_tpu": BlockSizes(block_q=512, block_k=512),

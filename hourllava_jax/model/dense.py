@@ -13,9 +13,9 @@ Two things about XLA:CPU decide how this is written (``benchmarks/bf16_dot.py``,
   ``x^T dy`` (a contraction over the tokens) is. Left to itself XLA gives that dot to its slower
   generic kernel and writes the cotangent ``dy`` transposed for it, in a strided loop fused with
   whatever produced ``dy`` (for the MLP, the SiLU gradient is then computed twice). On CPU the
-  backward here writes the smaller operand, the input ``x``, transposed once and behind an
-  optimisation barrier (so XLA cannot fold the transpose back into the dot), and contracts it
-  with ``dy`` in the fast kernel's layout. Other platforms get the plain contraction
+  backward here writes the input ``x`` transposed instead, once, behind an optimisation barrier
+  (so XLA cannot fold the transpose back into the dot), and contracts it with ``dy`` in the fast
+  kernel's layout. (The tied head's table gradient ``dy^T x`` transposes ``dy``, as XLA did.) Other platforms get the plain contraction
   (``lax.platform_dependent``).
 
 :class:`Dense` is ``nnx.Linear`` computed through :func:`matmul`: the same parameters and paths
