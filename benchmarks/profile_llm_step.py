@@ -28,9 +28,11 @@ from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
 from hourllava_jax.convert.mapping import params_from_tensors  # noqa: E402
 from hourllava_jax.convert.qwen2_keys import qwen2_hf_rules  # noqa: E402
 from hourllava_jax.model.qwen2 import Qwen2  # noqa: E402
+from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
 
 
 def main() -> None:
+    keep_heap_for_cpu()  # the heap settings llm_step.py and the trainer run with
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--impls", default="chunked,auto")
