@@ -6,7 +6,8 @@ name                                what the backward pass keeps from the forwar
 ==================================  =============================================================
 ``none``                            everything (no checkpoint at all)
 ``full`` / ``nothing_saveable``     only the layer's inputs: the whole layer is recomputed
-``dots_saveable``                   the results of matmuls (dot_general); the rest is recomputed
+``dots_saveable``                   the results of matmuls (dot_general and the model's named
+                                    ``dense.matmul`` results); the rest is recomputed
 ``dots_with_no_batch_dims_saveable`` matmul results without batch dims (weights x activations)
 ==================================  =============================================================
 
