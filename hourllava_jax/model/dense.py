@@ -92,10 +92,8 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class Dense(nnx.Linear):
-    """``x float[..., in] -> float[..., out]`` in the compute dtype ``dtype`` (f32 accumulation)."""
-
-    def __init__(self, in_features: int, out_features: int, **kwargs):
-        super().__init__(in_features, out_features, preferred_element_type=jnp.float32, **kwargs)
+    """``x float[..., in] -> float[..., out]`` in the compute dtype ``dtype`` (f32 accumulation:
+    :func:`matmul`; ``nnx.Linear``'s own ``dot_general`` / ``preferred_element_type`` are unused)."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         kernel = self.kernel[...]
