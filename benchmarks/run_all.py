@@ -33,6 +33,8 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "memaug_real_hour": ("memaug_scaling", ["--real-frames", "3600"], ["--real-frames", "128"]),
     "train_step": ("train_step", [], ["--quick"]),
     "bf16_dot": ("bf16_dot", [], ["--seq", "256"]),
+    "matmul_vs_torch": ("matmul_vs_torch", [], ["--repeats", "1"]),
+    "attention_tiles": ("attention_tiles", [], ["--seq", "256", "--tiles", "128x256", "256x256", "--cross-tiles", "256x256", "--repeats", "1"]),
     "compile_time": ("compile_time", [], ["--frames", "128", "--runs", "3b:scan"]),
     "decode": ("decode", [], ["--minutes", "3"]),  # >= 128 s so the 1-FPS stride rule applies
     "pipeline": ("pipeline", [], ["--videos", "12"]),
