@@ -5,8 +5,11 @@ both frameworks and the matmul peak, so the efficiency numbers share one machine
 FLOPs: 2·N·T forward and 6·N·T forward+backward, N = matmul parameters (every Linear plus the
 tied lm_head; the embedding lookup is not a matmul), plus causal attention 2·2·B·layers·heads·D·L(L+1)/2
 forward (x3 with backward). Every length of ``--seq`` (default 256 512 1024 2048) in fp32 and bf16
-(JAX bf16 compute vs torch autocast); ``speedups`` holds the goal's ratios (torch time / JAX time).
-Writes benchmarks/results/llm_step.json.
+(JAX bf16 compute vs torch autocast); ``speedups`` holds the goal's ratios (torch time / JAX time)
+and, beside each, the *ceiling*: transformers' time over the step's matmul floor
+(``matmul_floor.py``: the step's dense matmuls alone on XLA's dots, timed in the same run, plus the
+causal attention's FLOPs at the matmul peak measured next to it), the largest speed-up any
+implementation on XLA:CPU's matmuls could show in that run. Writes benchmarks/results/llm_step.json.
 
     .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256 1024] [--repeats 2] [--dtypes float32] [--quick]
 """
@@ -30,6 +33,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from matmul_floor import time_floor  # noqa: E402
 from peak import best_time, measure_matmul_peak  # noqa: E402
 
 from hourllava_jax.config.model import LLMConfig  # noqa: E402
@@ -44,10 +48,14 @@ CFG = LLMConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_h
                 num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0, bos_token_id=None)  # fmt: skip
 
 
+def attention_flops(cfg: LLMConfig, b: int, l: int) -> float:
+    """Forward FLOPs of every layer's causal attention (the visible query-key pairs only)."""
+    return 2 * 2 * b * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.kv_head_dim * l * (l + 1) / 2
+
+
 def flops(cfg: LLMConfig, n_matmul: int, b: int, l: int) -> tuple[float, float]:
     """(forward, forward+backward) FLOPs of one step."""
-    attn = 2 * 2 * b * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.kv_head_dim * l * (l + 1) / 2
-    fwd = 2 * n_matmul * b * l + attn
+    fwd = 2 * n_matmul * b * l + attention_flops(cfg, b, l)
     return fwd, 3 * fwd
 
 
@@ -128,6 +136,14 @@ def run_dtype(args, dtype, hf, tensors, n_total: int, n_matmul: int) -> list[dic
         adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
         torch_r = time_torch(hf.train(), ids, args.repeats, bf16=dtype == jnp.bfloat16)  # train(): dropout is 0 anyway
         results.append({"framework": "transformers (sdpa)"} | torch_r | {"fwd_bwd_first_call_s": None, "adjacent_peak_gflops": adjacent})
+        adjacent = measure_matmul_peak(dtype, n=1024, repeats=3)["gflops"]
+        floor = time_floor(CFG, dtype, ids, args.repeats)
+        # The attention at the matmul peak, forward and (x3) forward+backward: faster than any
+        # softmax loop runs, so the floor stays a lower bound on the step's time.
+        attn_s = attention_flops(CFG, args.batch, seq) / (adjacent * 1e9)
+        floor_r = {"framework": "matmul floor (matmul_floor.py) + attention FLOPs at the peak", "matmul_only_forward_s": floor["forward_s"],
+                   "matmul_only_forward_backward_s": floor["forward_backward_s"], "forward_s": floor["forward_s"] + attn_s,
+                   "forward_backward_s": floor["forward_backward_s"] + 3 * attn_s, "adjacent_peak_gflops": adjacent}  # fmt: skip
         for r in results:
             r.update(dtype=jnp.dtype(dtype).name, seq=seq, load_avg=[round(x, 2) for x in os.getloadavg()])
             r["forward_gflops"] = f_fwd / r["forward_s"] / 1e9
@@ -140,6 +156,9 @@ def run_dtype(args, dtype, hf, tensors, n_total: int, n_matmul: int) -> list[dic
             # The goal's ratios (>= 1.2 wanted): how many times faster than transformers.
             r["speedup_forward_vs_torch"] = torch_r["forward_s"] / r["forward_s"]
             r["speedup_fwd_bwd_vs_torch"] = torch_r["forward_backward_s"] / r["forward_backward_s"]
+            r["ceiling_forward_vs_torch"] = torch_r["forward_s"] / floor_r["forward_s"]
+            r["ceiling_fwd_bwd_vs_torch"] = torch_r["forward_backward_s"] / floor_r["forward_backward_s"]
+        results.append(floor_r | {"dtype": jnp.dtype(dtype).name, "seq": seq, "load_avg": [round(x, 2) for x in os.getloadavg()]})
         rows += results
         print(json.dumps(results), flush=True)
     return rows
@@ -173,8 +192,8 @@ def main() -> None:
     rows = []
     for d in args.dtypes.split(","):
         rows += run_dtype(args, jnp.dtype(d), hf, tensors, n_total, n_matmul)
-    goals = [{k: r[k] for k in ("dtype", "seq", "framework", "speedup_forward_vs_torch", "speedup_fwd_bwd_vs_torch")} for r in rows
-             if "speedup_fwd_bwd_vs_torch" in r]  # fmt: skip
+    keys = ("dtype", "seq", "framework", "speedup_forward_vs_torch", "speedup_fwd_bwd_vs_torch", "ceiling_forward_vs_torch", "ceiling_fwd_bwd_vs_torch")
+    goals = [{k: r[k] for k in keys} for r in rows if "speedup_fwd_bwd_vs_torch" in r]
     out = {
         "host_heap_kept": heap_kept,
         "what": "Qwen2 ~100M step on CPU: hourllava_jax vs transformers (same weights, fp32 params), per length and dtype",
