@@ -136,9 +136,13 @@ def render(results_dir: Path = RESULTS) -> str:
         lines += [f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} cores, load average at start {meta['loadavg_start']}).", ""]
         lines += ["Matmul peak measured at the start of this run (the roofline for every efficiency figure):", ""]
         lines += _table(meta["peak"]) + [""]
-        for rerun in meta.get("reruns", []):
+        reruns = meta.get("reruns", [])
+        for i, rerun in enumerate(reruns):
+            # A script rerun again later has that later rerun's results on disk, not this one's.
+            names = [next((f"{s} (results replaced by the {r['date']} rerun)" for r in reversed(reruns[i + 1 :]) if s in r["scripts"]), s)
+                     for s in rerun["scripts"]]  # fmt: skip
             lines += [f"Rerun {rerun['date']} (load average at start {rerun['loadavg_start']}) of: "
-                      f"{', '.join(rerun['scripts'])}, with the matmul peak measured again then:", ""]
+                      f"{', '.join(names)}, with the matmul peak measured again then:", ""]
             lines += _table(rerun["peak"]) + [""]
         failed = [k for k, v in meta["scripts"].items() if v["returncode"] != 0]
         if failed:

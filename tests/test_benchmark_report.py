@@ -20,13 +20,18 @@ def test_render_names_the_run_its_reruns_and_every_table(tmp_path):
     meta = {"date": "2026-11-24 08:45 UTC", "machine": "linux", "cpus": 2, "loadavg_start": [0.7, 0.3, 0.1],
             "peak": peak, "scripts": {"decode": {"returncode": 0}, "pipeline": {"returncode": 1}},
             "reruns": [{"date": "2026-11-24 09:17 UTC", "loadavg_start": [3.1, 1.7, 1.4], "scripts": ["decode"],
-                        "peak": [{"dtype": "float32", "gflops": 164.2}]}]}
+                        "peak": [{"dtype": "float32", "gflops": 164.2}]},
+                       {"date": "2026-11-24 09:40 UTC", "loadavg_start": [1.1, 1.2, 1.3], "scripts": ["pipeline", "decode"],
+                        "peak": [{"dtype": "float32", "gflops": 166.0}]}]}
     (tmp_path / "run_all.json").write_text(json.dumps(meta))
     (tmp_path / "decode.json").write_text(json.dumps(
         {"benchmark": "decode", "results": [{"variant": "long_gop_250", "method": "ours", "wall_s": 10.32}]}))
     text = render(tmp_path)
     assert "Run 2026-11-24 08:45 UTC on linux (2 cores" in text and "| float32 | 164.7 |" in text
-    assert "Rerun 2026-11-24 09:17 UTC" in text and "of: decode" in text and "| float32 | 164.2 |" in text
+    assert "Rerun 2026-11-24 09:17 UTC" in text and "| float32 | 164.2 |" in text
+    # The first rerun's decode results were overwritten by the second rerun: the report says so.
+    assert "of: decode (results replaced by the 2026-11-24 09:40 UTC rerun), with" in text
+    assert "Rerun 2026-11-24 09:40 UTC (load average at start [1.1, 1.2, 1.3]) of: pipeline, decode, with" in text
     assert "Scripts that failed in this run (see their logs): pipeline" in text
     assert "## decode" in text and "| long_gop_250 | ours | 10.32 |" in text
 
