@@ -11,7 +11,7 @@ and, beside each, the *ceiling*: transformers' time over the step's matmul floor
 causal attention's FLOPs at the matmul peak measured next to it), the largest speed-up any
 implementation on XLA:CPU's matmuls could show in that run. Writes benchmarks/results/llm_step.json.
 
-    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256 1024] [--repeats 2] [--dtypes float32] [--quick]
+    .venv/bin/python benchmarks/llm_step.py [--batch 1] [--seq 256 1024] [--repeats 3] [--dtypes float32] [--quick]
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--impls", default="auto", help="JAX attention impls to time, comma-separated (auto,chunked,reference)")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (params stay fp32; torch bf16 = autocast)")
     ap.add_argument("--quick", action="store_true", help="seq 128, fp32, one repeat (benchmarks/run_all.py --quick)")
