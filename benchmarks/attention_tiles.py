@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak import best_time  # noqa: E402
+from peak import best_time, best_wall  # noqa: E402
 
 from hourllava_jax.kernels import BlockSizes, attention  # noqa: E402
 from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
@@ -70,17 +69,8 @@ def torch_row(seq: int, repeats: int) -> dict:
         q.grad = k.grad = v.grad = None
         (F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True) * w).sum().backward()
 
-    def best(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * min(ts)
-
-    return {"shape": "causal self", "seq": seq, "tile": "torch sdpa", "dtype": "float32", "forward_ms": best(fwd),
-            "forward_backward_ms": best(fwd_bwd), "load_avg": os.getloadavg()[0]}  # fmt: skip
+    return {"shape": "causal self", "seq": seq, "tile": "torch sdpa", "dtype": "float32", "forward_ms": 1e3 * best_wall(fwd, repeats),
+            "forward_backward_ms": 1e3 * best_wall(fwd_bwd, repeats), "load_avg": os.getloadavg()[0]}  # fmt: skip
 
 
 def cross_rows(tiles: list[tuple[int, int]], repeats: int) -> list[dict]:

@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matmul_floor import time_floor  # noqa: E402
-from peak import best_time, measure_matmul_peak  # noqa: E402
+from peak import best_time, best_wall, measure_matmul_peak  # noqa: E402
 
 from hourllava_jax.config.model import LLMConfig  # noqa: E402
 from hourllava_jax.convert.hf_config import llm_to_hf_config  # noqa: E402
@@ -77,17 +77,8 @@ def time_torch(hf, ids_np, repeats: int, bf16: bool) -> dict:
         loss.backward()
         return loss
 
-    def best(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
     loss = float(fwd_bwd().detach())
-    return {"forward_s": best(fwd), "forward_backward_s": best(fwd_bwd), "loss": loss}
+    return {"forward_s": best_wall(fwd, repeats), "forward_backward_s": best_wall(fwd_bwd, repeats), "loss": loss}
 
 
 def jax_step_fns(model: Qwen2):

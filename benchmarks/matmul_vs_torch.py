@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak import best_time  # noqa: E402
+from peak import best_time, best_wall  # noqa: E402
 
 from hourllava_jax.parallel.host_heap import keep_heap_for_cpu  # noqa: E402
 
@@ -44,12 +43,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        torch.mm(ta, tb)
-        t_torch = float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            torch.mm(ta, tb)
-            t_torch = min(t_torch, time.perf_counter() - t0)
+        t_torch = best_wall(lambda: torch.mm(ta, tb), args.repeats)
         t_jax = best_time(mm, jnp.asarray(a), jnp.asarray(b), repeats=args.repeats)
         gflop = 2 * m * k * n / 1e9
         rows.append({"shape": [m, k, n], "xla_gflops": gflop / t_jax, "torch_gflops": gflop / t_torch, "load_avg": os.getloadavg()[0]})

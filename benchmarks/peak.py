@@ -13,15 +13,21 @@ import jax
 import jax.numpy as jnp
 
 
-def best_time(fn, *args, repeats: int = 5) -> float:
-    """Best wall time (s) of ``fn(*args)`` over ``repeats`` runs after one warm-up (compile) run."""
-    jax.block_until_ready(fn(*args))
+def best_wall(fn, repeats: int = 5) -> float:
+    """Best wall time (s) of ``fn()`` over ``repeats`` runs after one warm-up run; ``fn`` must return
+    only once its work is done (a PyTorch call on CPU, or a JAX call that blocks)."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def best_time(fn, *args, repeats: int = 5) -> float:
+    """Best wall time (s) of the JAX call ``fn(*args)`` over ``repeats`` runs after one warm-up (compile) run."""
+    return best_wall(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> dict:
